@@ -1,0 +1,346 @@
+"""The three verbs and their composition: ``prepare`` -> run data -> ``convert``; ``compile``."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import sympy
+import torch
+import torch.nn as nn
+
+from . import _select
+from ._distill import Job, build_front, run_jobs, split_rows
+from ._equations import ParetoFront
+from ._expr import variable
+from ._errors import RecordingError, SymTorchFXError, UntraceableModelError
+from ._instrument import Recorder
+from ._lower import Layout
+from ._match import Region, bind_module_sites, match_modules, match_patterns
+from ._model import RegionResult, State, attach, state_of
+from ._ops import CONSTANTS, FUNCTIONS
+from ._rewrite import GraphHost, SwapHost, SymbolicModule
+from ._targets import normalize
+from ._trace import trace
+
+
+@dataclass
+class PreparedState:
+    host: object
+    regions: list[Region]
+    recorders: dict[str, Recorder]
+
+
+def _build_host(model: nn.Module, targets) -> GraphHost | SwapHost:
+    if not isinstance(model, nn.Module):
+        raise SymTorchFXError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    specs = normalize(targets)
+    regions = match_modules(model, specs)
+    patterns = [s for s in specs if s.kind == "pattern"]
+    leaves = {r.module for r in regions if r.kind == "module"}
+    try:
+        gm = trace(model, leaves, through_nn=bool(patterns))
+    except UntraceableModelError as e:
+        if patterns:
+            raise UntraceableModelError(
+                f"op-pattern targets ({', '.join(s.describe() for s in patterns)}) need a graph, "
+                f"but {e}. Module targets (names, globs, classes, predicates) work on such models "
+                "without a graph; or make that code traceable"
+            ) from e
+        if any(r.kind == "model" for r in regions):
+            raise UntraceableModelError(
+                f"the whole model is a target, which needs a graph, but {e}. Target its "
+                "submodules instead"
+            ) from e
+        return SwapHost(model, regions)
+    bind_module_sites(regions, gm)
+    taken = {n for r in regions for s in r.sites for n in s.nodes}
+    regions += match_patterns(gm, specs, taken)
+    if not regions:
+        raise SymTorchFXError("none of the targets is called by the model's forward")
+    return GraphHost(gm, regions, through_nn=bool(patterns))
+
+
+def prepare(model: nn.Module, targets, *, max_samples: int = 10_000, seed: int = 0) -> nn.Module:
+    """Instrument ``model``: every target region gets a Recorder. Run data through the result,
+    then call :func:`convert`. ``model`` itself is not modified.
+
+    Args:
+        targets: a name or glob over qualified module names (``"blocks.*.mlp"``; ``*`` is one
+            name component, ``**`` any number), a module class, a predicate
+            ``(name, module) -> bool``, an op pattern ``sfx.pattern(fn)``, or a list of these.
+        max_samples: rows kept per region (a uniform reservoir over everything seen).
+        seed: seeds the reservoirs.
+    """
+    host = _build_host(model, targets)
+    recorders = {r.name: Recorder(r.name, max_samples, seed + i)
+                 for i, r in enumerate(host.regions)}
+    if isinstance(host, GraphHost):
+        by_name = {n.name: n for n in host.root.graph.nodes}
+        for r in host.regions:
+            recorders[r.name].input_names = [_arg_name(by_name[a]) for a in r.sites[0].inputs]
+    else:
+        for r in host.regions:
+            recorders[r.name].input_names = _forward_names(host.originals[r.name])
+    prepared = host.prepared(recorders)
+    prepared._sfx_prepared = PreparedState(host, host.regions, recorders)
+    return prepared
+
+
+def _arg_name(node) -> str:
+    return str(node.target) if node.op == "placeholder" else node.name
+
+
+def _forward_names(module: nn.Module) -> list[str]:
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def feature_names(input_names: list[str], layout: Layout) -> list[str]:
+    """Variable names: ``x0..`` for one input; ``<input>0..`` per input when there are several."""
+    n = len(layout.inputs)
+    if n == 1:
+        prefixes = ["x"]
+    else:
+        prefixes = []
+        for i in range(n):
+            p = re.sub(r"\W", "_", input_names[i]) if i < len(input_names) else f"in{i}"
+            p = p if p and not p[0].isdigit() else f"in{i}"
+            while p in prefixes:
+                p += "_"
+            prefixes.append(p)
+    names = []
+    for p, w in zip(prefixes, layout.inputs):
+        if w is None:
+            names.append(p)
+        else:
+            sep = "_" if p[-1].isdigit() else ""
+            names.extend(f"{p}{sep}{j}" for j in range(w))
+    return [n + "_" if (n in FUNCTIONS or n in CONSTANTS or re.fullmatch(r"c\d+", n)) else n
+            for n in names]
+
+
+def output_names(layout: Layout) -> list[str]:
+    return ["y"] if layout.outputs is None else [f"y{k}" for k in range(layout.outputs)]
+
+
+def _prepared_state(prepared) -> PreparedState:
+    st = getattr(prepared, "_sfx_prepared", None)
+    if not isinstance(st, PreparedState):
+        raise SymTorchFXError(
+            f"{type(prepared).__name__} was not prepared by symtorch_fx; call "
+            "sfx.prepare(model, targets) first and run data through what it returns"
+        )
+    return st
+
+
+def convert(
+    prepared: nn.Module,
+    *,
+    engine=None,
+    selection="auto",
+    noise=None,
+    restarts: int = 1,
+    executor=None,
+    progress: bool = True,
+    validation: float = 0.25,
+    seed: int = 0,
+    kernel: str = "auto",
+) -> nn.Module:
+    """Distill every recorded region and return the symbolic model.
+
+    Args:
+        engine: ``sfx.Operon(...)`` (default) or ``sfx.PySR(...)``, or any :class:`Engine`.
+        selection: how to choose from each front: ``"auto"`` (the law rather than the network's
+            error; see ``_select``), ``"best"`` (PySR's), ``"accuracy"``, ``"score"``, a
+            complexity, a callable, or a list of these (one per output).
+        noise: the network's error (MSE) on a region's outputs, when known: a number for every
+            output, or ``{region: number or [one per output]}``; ``"auto"`` uses it.
+        restarts: independent searches (different seeds) per output, merged into one front.
+        executor: ``"processes"`` (default when there are several jobs), ``"threads"``,
+            ``"inline"``, a ``concurrent.futures.Executor``, or a ``dask.distributed.Client``.
+        validation: fraction of recorded rows held out to measure each equation's loss.
+        kernel: how equations run (``"auto"``, ``"torch"``).
+    """
+    from ._operon import Operon
+
+    st = _prepared_state(prepared)
+    engine = Operon() if engine is None else engine
+    if not hasattr(engine, "search"):
+        raise SymTorchFXError(
+            f"engine {engine!r} is not an Engine; use sfx.Operon(...) or sfx.PySR(...)"
+        )
+    engine.check()
+    if not isinstance(restarts, int) or restarts < 1:
+        raise SymTorchFXError(f"restarts must be a positive integer, got {restarts!r}")
+
+    data, jobs = {}, []
+    for ri, region in enumerate(st.regions):
+        rec = st.recorders[region.name]
+        X, Y = rec.data()
+        if rec.n_nonfinite:
+            warnings.warn(
+                f"target {region.name!r}: {rec.n_nonfinite} of {rec.n_rows + rec.n_nonfinite} "
+                "recorded rows contained NaN or inf and were dropped",
+                stacklevel=2,
+            )
+        if len(X) < 4:
+            raise RecordingError(
+                f"only {len(X)} row(s) recorded for target {region.name!r}; run more data through "
+                "the prepared model (at least a few hundred rows give useful equations)"
+            )
+        names = feature_names(getattr(rec, "input_names", []), rec.layout)
+        train, val = split_rows(len(X), validation, seed + ri)
+        data[region.name] = (X, Y, names, train, val)
+        for k in range(Y.shape[1]):
+            for r in range(restarts):
+                jobs.append(Job(region.name, k, r, X[train], Y[train, k], names,
+                                seed=_job_seed(seed, ri, k, r)))
+
+    texts = run_jobs(engine, jobs, executor=executor, progress=progress)
+    by_output: dict[tuple[str, int], list[str]] = {}
+    for job, t in zip(jobs, texts):
+        by_output.setdefault((job.region, job.output), []).extend(t)
+
+    results, modes = {}, {}
+    for region in st.regions:
+        rec = st.recorders[region.name]
+        X, Y, names, train, val = data[region.name]
+        symbols = [variable(n) for n in names]
+        outs = output_names(rec.layout)
+        fronts = []
+        for k, out_name in enumerate(outs):
+            front, _ = build_front(by_output[(region.name, k)], symbols, X[train], Y[train, k],
+                                   X[val], Y[val, k], X)
+            fronts.append(ParetoFront(region.name, out_name, front))
+        floors = _noise_for(noise, region.name, len(fronts))
+        for front, rule, floor in zip(fronts, _select.per_output(selection, len(fronts)), floors):
+            _select.apply(front, rule, floor)
+        module = SymbolicModule(region.name, rec.layout, tuple(names), rec.arg_mask,
+                                rec.out_dtype, [f.equation.expr for f in fronts], kernel)
+        _place_like(module, prepared)
+        results[region.name] = RegionResult(region, tuple(names), fronts, module,
+                                            info={"rows": len(X), "engine": repr(engine)})
+        modes[region.name] = "symbolic"
+    modules = {k: r.module for k, r in results.items()}
+    sym = st.host.symbolic(modules, modes)
+    return attach(sym, State(st.host, results, modes))
+
+
+def _noise_for(noise, region: str, n: int) -> list[float | None]:
+    if noise is None:
+        return [None] * n
+    if isinstance(noise, dict):
+        return _noise_for(noise.get(region), region, n)
+    if isinstance(noise, (int, float)):
+        vals = [float(noise)] * n
+    else:
+        vals = [float(v) for v in noise]
+    if len(vals) != n or any(not np.isfinite(v) or v < 0 for v in vals):
+        raise SymTorchFXError(
+            f"noise for {region!r} must be one non-negative number or {n} of them (one per "
+            f"output), got {noise!r}"
+        )
+    return vals
+
+
+def _job_seed(seed: int, region: int, output: int, restart: int) -> int:
+    return int(np.random.SeedSequence([seed, region, output, restart]).generate_state(1)[0])
+
+
+def _place_like(module: SymbolicModule, model: nn.Module) -> None:
+    p = next(model.parameters(), None)
+    if p is not None and p.device.type != "cpu":
+        module.to(p.device)
+
+
+def run(prepared: nn.Module, batches, collect: bool = False) -> list | None:
+    """Run ``batches`` through ``prepared`` without gradients: a tensor is one batch; an
+    iterable yields batches, each a tensor, a tuple of positional inputs, or a dict of keyword
+    inputs (inputs only: drop labels from (x, y) pairs). ``collect``: return the outputs."""
+    if isinstance(batches, torch.Tensor):
+        batches = [batches]
+    if not isinstance(batches, Iterable):
+        raise SymTorchFXError(
+            f"sample_inputs must be a tensor or an iterable of batches, got {type(batches).__name__}"
+        )
+    outs = []
+    with torch.no_grad():
+        for b in batches:
+            if isinstance(b, dict):
+                out = prepared(**b)
+            elif isinstance(b, (tuple, list)):
+                out = prepared(*b)
+            else:
+                out = prepared(b)
+            if collect:
+                outs.append(out)
+    return outs if collect else None
+
+
+def compile(  # noqa: A001 - the verb users expect: sfx.compile
+    model: nn.Module,
+    targets,
+    sample_inputs,
+    *,
+    labels=None,
+    max_samples: int = 10_000,
+    **convert_kwargs,
+) -> nn.Module:
+    """``prepare`` + run ``sample_inputs`` + ``convert``, in one call. See :func:`convert` for
+    the keyword arguments (engine, selection, noise, executor, ...).
+
+    ``labels``: the targets the network was trained on, for ``sample_inputs`` (one tensor for
+    all batches, in order). The network's error against them tells ``selection="auto"`` how far
+    the network is from the law. It applies to a single target that produces the model's output;
+    for other targets pass ``noise={target: mse}``.
+    """
+    prepared = prepare(model, targets, max_samples=max_samples,
+                       seed=convert_kwargs.get("seed", 0))
+    outs = run(prepared, sample_inputs, collect=labels is not None)
+    if labels is not None:
+        if "noise" in convert_kwargs:
+            raise SymTorchFXError("pass labels= or noise=, not both")
+        convert_kwargs["noise"] = _noise_from_labels(prepared, outs, labels)
+    return convert(prepared, **convert_kwargs)
+
+
+def _noise_from_labels(prepared, outs: list, labels) -> dict[str, list[float]]:
+    st = _prepared_state(prepared)
+    if len(st.regions) != 1:
+        raise SymTorchFXError(
+            f"labels= applies to a single target that produces the model's output, but there are "
+            f"{len(st.regions)} targets; pass noise={{target: mse}} for each instead"
+        )
+    if not outs or not all(isinstance(o, torch.Tensor) for o in outs):
+        raise SymTorchFXError("labels= needs a model that returns one tensor per batch")
+    pred = torch.cat([o.detach().reshape(-1, o.shape[-1] if o.ndim > 1 else 1) for o in outs])
+    lab = torch.as_tensor(labels).detach().to(pred.device, pred.dtype)
+    lab = lab.reshape(-1, pred.shape[1]) if lab.numel() == pred.numel() else None
+    if lab is None:
+        raise SymTorchFXError(
+            f"labels= has {torch.as_tensor(labels).numel()} values, but the model produced "
+            f"{pred.numel()} outputs for sample_inputs; give one label per output, in order"
+        )
+    region = st.regions[0]
+    k = st.recorders[region.name].layout.n_outputs if st.recorders[region.name].layout else None
+    if k != pred.shape[1]:
+        raise SymTorchFXError(
+            f"labels= has {pred.shape[1]} columns but target {region.name!r} has {k} outputs; "
+            "labels apply to the target that produces the model's output (or pass noise=)"
+        )
+    mse = ((pred - lab) ** 2).mean(0).double().cpu().tolist()
+    return {region.name: [float(v) for v in mse]}
+
+
+def restore(sym: nn.Module) -> nn.Module:
+    """The original model back: the original graph (or modules) and bit-identical outputs.
+    Parameters are shared with ``sym``, so neural parts trained through ``sym`` stay trained."""
+    return state_of(sym).host.restore(sym)

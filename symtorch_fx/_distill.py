@@ -1,0 +1,198 @@
+"""Stage ``distill``: recordings -> a Pareto front of equations per (region, output).
+
+Each (region, output, restart) is one job for the engine. Jobs go through a
+``concurrent.futures.Executor``: local processes by default, threads, inline, any Executor you
+pass, or a ``dask.distributed.Client`` (its ``get_executor()`` is used), so a cluster needs no
+other change. Engines return equation text; here it is parsed, tidied, and scored by *our*
+complexity and by MSE on held-out rows, so fronts from any engine compare.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import sympy
+import torch
+
+from ._equations import Equation
+from ._errors import EquationSyntaxError, SymTorchFXError
+from ._expr import complexity, parse, tidy, to_text
+from ._lower import evaluate
+
+
+@dataclass
+class Job:
+    region: str
+    output: int
+    restart: int
+    X: np.ndarray
+    y: np.ndarray
+    variables: list[str]
+    seed: int
+    weights: np.ndarray | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.region}[{self.output}]" + (f" restart {self.restart}" if self.restart else "")
+
+
+def run_job(engine, job: Job) -> list[str]:
+    """Runs in a worker: one engine search."""
+    return list(engine.search(job.X, job.y, job.variables, job.seed, job.weights))
+
+
+class InlineExecutor(cf.Executor):
+    """Runs each job in the calling thread when it is submitted."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        f: cf.Future = cf.Future()
+        try:
+            f.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - delivered through the future
+            f.set_exception(e)
+        return f
+
+
+def _process_pool(n: int) -> cf.Executor:
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["symtorch_fx._distill"])
+    return cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx)
+
+
+def resolve_executor(executor, engine, n_jobs: int) -> tuple[cf.Executor, bool]:
+    """(executor, whether we own it and must shut it down)."""
+    workers = max(1, min(n_jobs, os.cpu_count() or 1))
+    if executor is None:
+        if not getattr(engine, "parallel_jobs", False) or workers == 1:
+            return InlineExecutor(), True
+        executor = "processes"
+    if isinstance(executor, str):
+        if executor == "processes":
+            return _process_pool(workers), True
+        if executor == "threads":
+            return cf.ThreadPoolExecutor(workers), True
+        if executor == "inline":
+            return InlineExecutor(), True
+        raise SymTorchFXError(
+            f"executor={executor!r}: use 'processes', 'threads', 'inline', a "
+            "concurrent.futures.Executor or a dask.distributed.Client"
+        )
+    if isinstance(executor, cf.Executor):
+        return executor, False
+    if hasattr(executor, "get_executor"):  # dask.distributed.Client
+        return executor.get_executor(), False
+    raise SymTorchFXError(
+        f"executor of type {type(executor).__name__} is not a concurrent.futures.Executor or a "
+        "dask.distributed.Client"
+    )
+
+
+def run_jobs(engine, jobs: list[Job], executor=None, progress: bool = True) -> list[list[str]]:
+    """Run every job; results in job order. The first failure is raised, naming its job."""
+    if not jobs:
+        return []
+    pool, owned = resolve_executor(executor, engine, len(jobs))
+    results: list[list[str] | None] = [None] * len(jobs)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc=f"distilling ({engine.name})", unit="job")
+    try:
+        futures = {pool.submit(run_job, engine, job): i for i, job in enumerate(jobs)}
+        for f in cf.as_completed(futures):
+            i = futures[f]
+            try:
+                results[i] = f.result()
+            except Exception as e:
+                for other in futures:
+                    other.cancel()
+                e.add_note(f"symtorch_fx: raised by the search for {jobs[i].label}")
+                raise
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        if owned:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return results  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------
+# fronts
+
+
+def split_rows(n: int, validation: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random (train, held-out) row indices; held-out keeps at least one row."""
+    if not 0.0 < validation < 1.0:
+        raise SymTorchFXError(f"validation={validation!r} must be a fraction between 0 and 1")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = min(max(1, int(round(n * validation))), n - 1)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def build_front(
+    texts: list[str],
+    variables: list[sympy.Symbol],
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    X_all: np.ndarray,
+) -> tuple[list[Equation], list[Equation]]:
+    """Parse and score candidates; return (Pareto front, every scored candidate).
+
+    The front always starts with the constant model (the mean). Candidates that do not parse or
+    give non-finite values on held-out rows are dropped; ``finite`` records whether a candidate is
+    finite on *every* recorded row.
+    """
+    symbols = {v.name: v for v in variables}
+    scale = float(np.std(y_train)) or 1.0
+    xv = torch.from_numpy(np.ascontiguousarray(X_val))
+    xa = torch.from_numpy(np.ascontiguousarray(X_all))
+    yv = np.asarray(y_val, np.float64)
+    mean = float(np.mean(y_train))
+    scored = [Equation(sympy.Float(mean), 1, float(np.mean((yv - mean) ** 2)), tuple(variables))]
+    seen = {scored[0].expr}
+    bad_syntax = []
+    for text in dict.fromkeys(texts):
+        try:
+            expr = tidy(parse(text, symbols), scale)
+            expr = parse(to_text(expr), symbols)  # the form it will have when read back
+        except EquationSyntaxError as e:
+            bad_syntax.append(str(e))
+            continue
+        if expr in seen or expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo, sympy.I):
+            continue
+        seen.add(expr)
+        with np.errstate(all="ignore"):
+            pred = evaluate([expr], xv, variables)[:, 0].numpy()
+            loss = float(np.mean((pred - yv) ** 2))
+        if not np.isfinite(loss):
+            continue
+        finite = bool(torch.isfinite(evaluate([expr], xa, variables)).all())
+        scored.append(Equation(expr, complexity(expr), loss, tuple(variables), finite))
+    if bad_syntax:
+        warnings.warn(
+            f"{len(bad_syntax)} candidate equation(s) from the engine could not be parsed and "
+            f"were skipped; first: {bad_syntax[0]}",
+            stacklevel=2,
+        )
+    return pareto(scored), scored
+
+
+def pareto(candidates: list[Equation]) -> list[Equation]:
+    """Simplest first; each kept equation is strictly more accurate than every simpler one."""
+    front: list[Equation] = []
+    for e in sorted(candidates, key=lambda e: (e.complexity, e.loss)):
+        if not front or e.loss < front[-1].loss:
+            if front and front[-1].complexity == e.complexity:
+                continue
+            front.append(e)
+    return front

@@ -1,0 +1,177 @@
+"""What distillation produces: equations, Pareto fronts, and the report ``sym.equations``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy
+import torch
+
+from ._expr import to_text
+
+
+def _round(expr: sympy.Expr, digits: int) -> sympy.Expr:
+    floats = expr.atoms(sympy.Float)
+    if not floats:
+        return expr
+    return expr.xreplace({f: sympy.Float(f"{float(f):.{digits}g}", digits) for f in floats})
+
+
+@dataclass
+class Equation:
+    """One candidate equation for one output.
+
+    Attributes:
+        expr: the sympy expression (numeric constants inlined), over ``variables``.
+        complexity: node count, as PySR counts it, of the sympy-folded expression.
+        loss: mean squared error against the network on held-out recorded rows.
+        finite: whether it evaluates to finite values on every recorded row.
+    """
+
+    expr: sympy.Expr
+    complexity: int
+    loss: float
+    variables: tuple[sympy.Symbol, ...] = ()
+    finite: bool = True
+
+    @property
+    def sympy(self) -> sympy.Expr:
+        return self.expr
+
+    def text(self, digits: int | None = None) -> str:
+        """The equation in the restricted grammar; ``digits`` rounds constants for display."""
+        return to_text(self.expr, digits)
+
+    def latex(self, digits: int = 4) -> str:
+        return sympy.latex(_round(self.expr, digits))
+
+    def __str__(self) -> str:
+        return self.text(4)
+
+    def __repr__(self) -> str:
+        return f"Equation({self.text(4)!r}, complexity={self.complexity}, loss={self.loss:.4g})"
+
+    def __call__(self, X) -> np.ndarray:
+        """Evaluate on rows ``X`` of shape (n, n_features) (float64)."""
+        from ._lower import evaluate
+
+        x = torch.as_tensor(np.asarray(X, dtype=np.float64))
+        if x.ndim == 1:
+            x = x[:, None]
+        return evaluate([self.expr], x, self.variables)[:, 0].numpy()
+
+
+def scores(front: Sequence[Equation]) -> list[float]:
+    """PySR's score: -d log(loss) / d complexity between neighbours on the front (first: 0)."""
+    out = [0.0]
+    for a, b in zip(front, front[1:]):
+        la, lb = math.log(max(a.loss, 1e-300)), math.log(max(b.loss, 1e-300))
+        out.append(-(lb - la) / max(b.complexity - a.complexity, 1))
+    return out
+
+
+@dataclass
+class ParetoFront(Sequence):
+    """The equations found for one output, simplest first, each more accurate than the last."""
+
+    region: str
+    output: str
+    equations: list[Equation]
+    chosen: int = 0
+    rule: str = ""
+    info: dict = field(default_factory=dict)
+
+    def __getitem__(self, i):
+        return self.equations[i]
+
+    def __len__(self) -> int:
+        return len(self.equations)
+
+    def __iter__(self) -> Iterator[Equation]:
+        return iter(self.equations)
+
+    @property
+    def equation(self) -> Equation:
+        """The chosen equation."""
+        return self.equations[self.chosen]
+
+    @property
+    def complexities(self) -> list[int]:
+        return [e.complexity for e in self.equations]
+
+    def scores(self) -> list[float]:
+        return scores(self.equations)
+
+    def __repr__(self) -> str:
+        rows = [("", "complexity", "loss", "score", "equation")]
+        for i, (e, s) in enumerate(zip(self.equations, self.scores())):
+            mark = ">" if i == self.chosen else (" " if e.finite else "!")
+            rows.append((mark, str(e.complexity), f"{e.loss:.3e}", f"{s:.3f}", e.text(4)))
+        head = f"{self.region} / {self.output}" + (f"  (chosen by {self.rule})" if self.rule else "")
+        return head + "\n" + _table(rows)
+
+
+class RegionEquations(Sequence):
+    """The fronts of one region, one per output."""
+
+    def __init__(self, region: str, fronts: list[ParetoFront], variables: Sequence[str]):
+        self.region = region
+        self.fronts = fronts
+        self.variables = tuple(variables)
+
+    def __getitem__(self, i) -> ParetoFront:
+        return self.fronts[i]
+
+    def __len__(self) -> int:
+        return len(self.fronts)
+
+    @property
+    def chosen(self) -> list[Equation]:
+        return [f.equation for f in self.fronts]
+
+    def sympy(self) -> list[sympy.Expr]:
+        return [e.expr for e in self.chosen]
+
+    def latex(self, digits: int = 4) -> str:
+        return "\n".join(f"{f.output} = {f.equation.latex(digits)}" for f in self.fronts)
+
+    def __repr__(self) -> str:
+        rows = [("output", "complexity", "loss", "equation")]
+        for f in self.fronts:
+            e = f.equation
+            rows.append((f.output, str(e.complexity), f"{e.loss:.3e}", e.text(4)))
+        return f"{self.region}  (variables: {', '.join(self.variables)})\n" + _table(rows)
+
+
+class Equations(Mapping):
+    """``sym.equations``: region name -> :class:`RegionEquations`. Prints as a table."""
+
+    def __init__(self, regions: dict[str, RegionEquations]):
+        self._regions = regions
+
+    def __getitem__(self, name: str) -> RegionEquations:
+        return self._regions[name]
+
+    def __iter__(self):
+        return iter(self._regions)
+
+    def __len__(self) -> int:
+        return len(self._regions)
+
+    def latex(self, digits: int = 4) -> str:
+        return "\n\n".join(f"% {k}\n{v.latex(digits)}" for k, v in self._regions.items())
+
+    def __repr__(self) -> str:
+        return "\n\n".join(repr(v) for v in self._regions.values()) or "(no equations)"
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for r in rows:
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join(cells + [r[-1]]).rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,296 @@
+"""Stage ``lower``: the sympy equations of one region -> one generated torch function.
+
+The function computes every output of the region in one pass: each input column is sliced once,
+common subexpressions are shared across outputs (``sympy.cse``) and constants are read from a
+parameter vector ``c``, so tuning them never regenerates code and gradients reach them. The code
+is generated from sympy trees through the op table below; only whitelisted constructs are emitted,
+and local names are positional (``v3``, ``t0``), never taken from user or file text.
+
+``lower()`` is the seam for other kernels: ``kernel="torch"`` is this printer; the fused Triton
+kernel (GPU) plugs in beside it.
+"""
+
+from __future__ import annotations
+
+import linecache
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sympy
+import torch
+
+from ._errors import SymTorchFXError
+from ._expr import constant_symbol, to_text
+from ._ops import sigmoid
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the features of a region come from.
+
+    ``inputs[i]`` is the number of feature columns of data input ``i`` (its last dimension), or
+    ``None`` when that input has no feature dimension (one value per row). Features are numbered
+    input by input, column by column; ``outputs`` is the number of outputs, or ``None`` for a
+    region whose output has no feature dimension.
+    """
+
+    inputs: tuple[int | None, ...]
+    outputs: int | None
+
+    @property
+    def n_features(self) -> int:
+        return sum(1 if n is None else n for n in self.inputs)
+
+    @property
+    def n_outputs(self) -> int:
+        return 1 if self.outputs is None else self.outputs
+
+    def columns(self) -> list[tuple[int, int | None]]:
+        cols: list[tuple[int, int | None]] = []
+        for i, n in enumerate(self.inputs):
+            cols.extend([(i, None)] if n is None else [(i, k) for k in range(n)])
+        return cols
+
+
+# ----------------------------------------------------------------------------------------------
+# the torch op table: sympy function class -> torch callable name (one argument each)
+
+TORCH_UNARY: dict[type, str] = {
+    sympy.sin: "torch.sin",
+    sympy.cos: "torch.cos",
+    sympy.tan: "torch.tan",
+    sympy.asin: "torch.asin",
+    sympy.acos: "torch.acos",
+    sympy.atan: "torch.atan",
+    sympy.sinh: "torch.sinh",
+    sympy.cosh: "torch.cosh",
+    sympy.tanh: "torch.tanh",
+    sympy.exp: "torch.exp",
+    sympy.log: "torch.log",
+    sympy.Abs: "torch.abs",
+    sympy.sign: "torch.sign",
+    sympy.erf: "torch.erf",
+    sigmoid: "torch.sigmoid",
+    sympy.floor: "torch.floor",
+    sympy.ceiling: "torch.ceil",
+}
+
+
+class _TorchPrinter:
+    """Prints one sympy expression as a torch expression over named locals.
+
+    ``_p`` returns ``(code, is_tensor)``; literals stay Python floats so torch broadcasts them
+    without allocating.
+    """
+
+    def __init__(self, names: dict[sympy.Symbol, str]):
+        self.names = names
+
+    def __call__(self, e) -> str:
+        return self._p(e)[0]
+
+    def _p(self, e) -> tuple[str, bool]:
+        if e.is_Symbol:
+            if e not in self.names:
+                raise SymTorchFXError(f"equation uses the unknown symbol {e}")
+            return self.names[e], True
+        if not e.free_symbols:  # a pure number, including pi, E, sqrt(2), ...
+            v = float(e.evalf(17))
+            if math.isnan(v):
+                return "math.nan", False
+            if math.isinf(v):
+                return ("math.inf" if v > 0 else "-math.inf"), False
+            return repr(v), False
+        if e.is_Add:
+            terms = e.as_ordered_terms()
+            code, tensor = self._p(terms[0])
+            for t in terms[1:]:
+                if t.could_extract_minus_sign():
+                    c, tt = self._p(-t)
+                    code += f" - {self._paren(-t, c)}"
+                else:
+                    c, tt = self._p(t)
+                    code += f" + {c}"
+                tensor = tensor or tt
+            return f"({code})", tensor
+        if e.is_Mul:
+            if e.args[0] == -1:  # -x: a negation, not a multiplication
+                c, t = self._p(-e)
+                return f"(-{c})", t
+            num, den = [], []
+            for f in e.args:
+                if f.is_Pow and f.exp.is_Number and f.exp < 0:
+                    den.append(f.base ** (-f.exp))
+                else:
+                    num.append(f)
+            parts = [self._p(f) for f in num] or [("1.0", False)]
+            code = " * ".join(c for c, _ in parts)
+            tensor = any(t for _, t in parts)
+            if den:
+                d = [self._p(f) for f in den]
+                dcode = " * ".join(c for c, _ in d)
+                code = f"({code}) / ({dcode})"
+                tensor = tensor or any(t for _, t in d)
+            return f"({code})", tensor
+        if e.is_Pow:
+            return self._pow(e)
+        f = e.func
+        if f in TORCH_UNARY:
+            a, t = self._p(e.args[0])
+            if not t:
+                a = f"torch.as_tensor({a})"
+            return f"{TORCH_UNARY[f]}({a})", True
+        if f in (sympy.Max, sympy.Min):
+            return self._minmax(e)
+        raise SymTorchFXError(f"no torch lowering for {f.__name__} in {e}")
+
+    @staticmethod
+    def _paren(e, code: str) -> str:
+        return f"({code})" if e.is_Add else code
+
+    def _pow(self, e) -> tuple[str, bool]:
+        b, x = e.base, e.exp
+        bc, bt = self._p(b)
+        if x == sympy.Rational(1, 2):
+            return f"torch.sqrt({bc})", True
+        if x == sympy.Rational(-1, 2):
+            return f"torch.rsqrt({bc})", True
+        if x == 2:
+            return f"torch.square({bc})", True
+        if x == -1:
+            return f"torch.reciprocal({bc})", True
+        if x.is_Integer and 3 <= int(x) <= 4:
+            return "(" + " * ".join([bc] * int(x)) + ")", True
+        xc, xt = self._p(x)
+        if not bt and not xt:
+            return f"({bc} ** {xc})", False
+        if not bt:
+            return f"torch.pow({bc}, {xc})", True
+        return f"torch.pow({bc}, {xc})", True
+
+    def _minmax(self, e) -> tuple[str, bool]:
+        is_max = e.func is sympy.Max
+        args = list(e.args)
+        lits = [a for a in args if not a.free_symbols]
+        tens = [a for a in args if a.free_symbols]
+        code, _ = self._p(tens[0])
+        for a in tens[1:]:
+            code = f"torch.{'maximum' if is_max else 'minimum'}({code}, {self._p(a)[0]})"
+        if lits:
+            v = float((max if is_max else min)(float(a) for a in lits))
+            if is_max and v == 0.0 and len(tens) == 1:
+                return f"torch.relu({code})", True
+            code = f"torch.clamp({code}, {'min' if is_max else 'max'}={v!r})"
+        return code, True
+
+
+# ----------------------------------------------------------------------------------------------
+
+_CACHE: dict[tuple, object] = {}
+_CACHE_LOCK = threading.Lock()
+_COUNTER = [0]
+
+
+def torch_source(
+    templates: Sequence[sympy.Expr],
+    layout: Layout,
+    variables: Sequence[sympy.Symbol],
+    n_constants: int,
+    name: str = "symbolic",
+) -> str:
+    """Source of ``name(i0, ..., c)`` returning every output of the region in one tensor.
+
+    The result has the inputs' leading shape (plus a last dimension of ``layout.outputs``) and
+    the promoted dtype of ``i0`` and ``c``; the caller casts it to the output dtype it needs.
+
+    ``variables[k]`` is the sympy symbol of feature ``k`` in ``layout`` order; constants are the
+    symbols ``c0 .. c{n_constants-1}`` and are read from the 1-d tensor ``c``.
+    """
+    cols = layout.columns()
+    if len(variables) != len(cols):
+        raise SymTorchFXError(
+            f"{len(variables)} variables for a layout of {len(cols)} features"
+        )
+    names: dict[sympy.Symbol, str] = {}
+    args = [f"i{i}" for i in range(len(layout.inputs))]
+    lines = [f"def {name}({', '.join(args + ['c'])}):"]
+    lines.append("    _dt = torch.promote_types(i0.dtype, c.dtype)")
+    used = set().union(*(t.free_symbols for t in templates)) if templates else set()
+    for k, (sym, (i, col)) in enumerate(zip(variables, cols)):
+        if sym not in used:
+            continue
+        names[sym] = f"v{k}"
+        src = f"i{i}" if col is None else f"i{i}[..., {col}]"
+        lines.append(f"    v{k} = {src}.to(_dt)")
+    for j in range(n_constants):
+        cs = constant_symbol(j)
+        if cs in used:
+            names[cs] = f"k{j}"
+            lines.append(f"    k{j} = c[{j}].to(_dt)")
+    reps, reduced = sympy.cse(list(templates), symbols=sympy.numbered_symbols("_t"), order="none")
+    printer = _TorchPrinter(names)
+    for t, (sym, sub) in enumerate(reps):
+        lines.append(f"    t{t} = {printer(sub)}")
+        names[sym] = f"t{t}"
+    ref = "i0" if layout.inputs[0] is None else "i0[..., 0]"
+    outs = []
+    for k, expr in enumerate(reduced):
+        code, tensor = printer._p(expr)
+        if not tensor:
+            code = f"torch.full_like({ref}, {code}, dtype=_dt)"
+        lines.append(f"    o{k} = {code}")
+        outs.append(f"o{k}")
+    if layout.outputs is None:
+        lines.append(f"    return torch.broadcast_to({outs[0]}, {ref}.shape)")
+    else:
+        lines.append(f"    _o = torch.broadcast_tensors({', '.join(outs)}, {ref})")
+        lines.append("    return torch.stack(_o[:-1], -1)")
+    return "\n".join(lines) + "\n"
+
+
+def torch_function(
+    templates: Sequence[sympy.Expr],
+    layout: Layout,
+    variables: Sequence[sympy.Symbol],
+    n_constants: int,
+):
+    """The generated torch function for these templates (cached by expression structure)."""
+    key = (tuple(to_text(t) for t in templates), layout, tuple(v.name for v in variables),
+           n_constants)
+    with _CACHE_LOCK:
+        fn = _CACHE.get(key)
+        if fn is not None:
+            return fn
+        _COUNTER[0] += 1
+        name = f"symbolic_{_COUNTER[0]}"
+    src = torch_source(templates, layout, variables, n_constants, name)
+    filename = f"<symtorch_fx generated {name}>"
+    linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+    namespace: dict[str, object] = {"torch": torch, "math": math}
+    exec(compile(src, filename, "exec"), namespace)  # our own generated code, see module doc
+    fn = namespace[name]
+    fn.__symtorch_source__ = src
+    with _CACHE_LOCK:
+        _CACHE[key] = fn
+    return fn
+
+
+def evaluate(
+    exprs: Sequence[sympy.Expr], X: torch.Tensor, variables: Sequence[sympy.Symbol]
+) -> torch.Tensor:
+    """Evaluate numeric expressions (constants inlined) on rows ``X`` (N, F) -> (N, len(exprs))."""
+    layout = Layout((X.shape[1],), len(exprs))
+    fn = torch_function(list(exprs), layout, variables, 0)
+    return fn(X, torch.zeros(0, dtype=X.dtype))
+
+
+KERNELS = ("auto", "torch")
+
+
+def lower(templates, layout: Layout, variables, n_constants: int, kernel: str = "auto"):
+    """Lower a region's equations to a callable ``f(*inputs, c)`` for the chosen kernel."""
+    if kernel not in KERNELS:
+        raise SymTorchFXError(f"kernel={kernel!r} is not one of {', '.join(KERNELS)}")
+    return torch_function(templates, layout, variables, n_constants)

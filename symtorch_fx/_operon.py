@@ -1,0 +1,126 @@
+"""The embedded default engine: Operon (C++ genetic programming, through pyoperon)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from ._engine import resample_by_weight, settings_repr
+from ._errors import EngineUnavailableError, SymTorchFXError
+from ._ops import BINARY_OPERATORS, UNARY_OPERATORS
+
+# Operon's names for what it can build; ours map onto them one to one except where noted.
+_OPERON_SYMBOLS = {
+    "add", "sub", "mul", "div", "aq", "pow", "abs", "acos", "asin", "atan", "cbrt", "ceil",
+    "cos", "cosh", "exp", "floor", "log", "logabs", "log1p", "sin", "sinh", "sqrt", "sqrtabs",
+    "tan", "tanh", "square", "fmin", "fmax",
+}
+_ALIASES = {"min": "fmin", "max": "fmax"}
+
+DEFAULT_OPERATORS = ("add", "sub", "mul", "div", "sin", "cos", "exp", "log", "sqrt", "square")
+
+
+class Operon:
+    """Symbolic regression with Operon (the default engine; runs offline, no Julia).
+
+    Multi-objective search (accuracy and length, NSGA-II) returns a whole Pareto front of
+    equations, with constants fitted by Levenberg-Marquardt. Settings not listed here pass
+    through to ``pyoperon.sklearn.SymbolicRegressor`` via ``**kwargs``.
+
+    Args:
+        operators: functions and binary operators the search may use (``add sub mul div pow
+            min max aq`` and unary ``sin cos tan exp log sqrt square tanh abs ...``).
+        population_size, generations, max_evaluations: search budget.
+        max_length, max_depth: the largest expression tree searched (nodes / depth).
+        optimizer_iterations: Levenberg-Marquardt steps on the constants of each offspring.
+        max_time: wall-clock limit in seconds per search (None: no limit).
+        max_rows: rows given to the search (a uniform subsample when there are more).
+        n_threads: threads Operon uses inside one search.
+    """
+
+    name = "operon"
+    parallel_jobs = True
+
+    def __init__(
+        self,
+        operators: Sequence[str] = DEFAULT_OPERATORS,
+        population_size: int = 500,
+        generations: int = 150,
+        max_length: int = 20,
+        max_depth: int = 10,
+        optimizer_iterations: int = 10,
+        max_evaluations: int = 10_000_000,
+        max_time: float | None = None,
+        max_rows: int = 2000,
+        n_threads: int = 1,
+        **kwargs,
+    ):
+        self.operators = tuple(operators)
+        self.population_size = population_size
+        self.generations = generations
+        self.max_length = max_length
+        self.max_depth = max_depth
+        self.optimizer_iterations = optimizer_iterations
+        self.max_evaluations = max_evaluations
+        self.max_time = max_time
+        self.max_rows = max_rows
+        self.n_threads = n_threads
+        self.kwargs = kwargs
+        self._symbols()  # fail now, not in a worker
+
+    def __repr__(self) -> str:
+        return settings_repr(self)
+
+    def _symbols(self) -> str:
+        out = []
+        for op in self.operators:
+            name = _ALIASES.get(op, op)
+            if name not in _OPERON_SYMBOLS:
+                known = sorted((UNARY_OPERATORS | BINARY_OPERATORS) & (_OPERON_SYMBOLS | set(_ALIASES)))
+                raise SymTorchFXError(
+                    f"Operon cannot search with operator {op!r}; choose from: {', '.join(known)}"
+                )
+            out.append(name)
+        return ",".join(dict.fromkeys(out + ["constant", "variable"]))
+
+    def check(self) -> None:
+        try:
+            import pyoperon.sklearn  # noqa: F401
+        except ImportError as e:
+            raise EngineUnavailableError(
+                f"the Operon engine needs pyoperon ({e}); install it with `pip install pyoperon`"
+            ) from e
+
+    def search(self, X, y, variables, seed, weights=None) -> list[str]:
+        from pyoperon.sklearn import SymbolicRegressor
+
+        rng = np.random.default_rng(seed)
+        if weights is not None:
+            X, y = resample_by_weight(X, y, weights, seed, n=min(len(y), self.max_rows))
+        elif len(y) > self.max_rows:
+            idx = rng.choice(len(y), self.max_rows, replace=False)
+            X, y = X[idx], y[idx]
+        settings = dict(
+            allowed_symbols=self._symbols(),
+            objectives=["r2", "length"],
+            population_size=self.population_size,
+            generations=self.generations,
+            max_length=self.max_length,
+            max_depth=self.max_depth,
+            optimizer_iterations=self.optimizer_iterations,
+            max_evaluations=self.max_evaluations,
+            n_threads=self.n_threads,
+            random_state=int(seed) % (2**63),
+        )
+        if self.max_time is not None:
+            settings["max_time"] = max(1, int(round(self.max_time)))
+        settings.update(self.kwargs)
+        reg = SymbolicRegressor(**settings)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reg.fit(np.asarray(X, np.float64), np.asarray(y, np.float64))
+            front = reg.pareto_front_
+            return [reg.get_model_string(p["tree"], precision=15, names=list(variables))
+                    for p in front]

@@ -1,0 +1,245 @@
+"""Stage ``rewrite``: graph + equations -> symbolic model, and back (``restore``).
+
+Two hosts carry a model through the pass:
+
+* :class:`GraphHost` -- the model traced by torch.fx. Every build starts from a copy of the
+  original graph, which is never modified: recording inserts Recorder nodes, the symbolic build
+  replaces each region's nodes by one ``call_module`` to its :class:`SymbolicModule`, and restore
+  is the original graph itself. The original modules stay registered, so switching a region back
+  to ``"neural"`` and restoring need nothing that was thrown away.
+* :class:`SwapHost` -- models torch.fx cannot trace, with module targets: the target module is
+  swapped in its parent. Parents are shallow-copied along the path, so the user's model object is
+  never modified and parameters stay shared.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import sympy
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from ._errors import SymTorchFXError
+from ._expr import substitute, templatize, variable
+from ._instrument import Tap, insert_recorders
+from ._lower import Layout, lower
+from ._match import Region
+
+
+class SymbolicModule(nn.Module):
+    """Computes a region's outputs from its equations. ``constants`` are trainable."""
+
+    def __init__(
+        self,
+        region: str,
+        layout: Layout,
+        variables: tuple[str, ...],
+        arg_mask: tuple[bool, ...],
+        out_dtype: torch.dtype,
+        equations: list[sympy.Expr],
+        kernel: str = "auto",
+    ):
+        super().__init__()
+        self.region = region
+        self.layout = layout
+        self.variables = tuple(variables)
+        self.arg_mask = tuple(arg_mask)
+        self.out_dtype = out_dtype
+        self.kernel = kernel
+        self.constants = nn.Parameter(torch.zeros(0))
+        self.set_equations(equations)
+
+    @property
+    def symbols(self) -> list[sympy.Symbol]:
+        return [variable(v) for v in self.variables]
+
+    def set_equations(self, equations: list[sympy.Expr]) -> None:
+        """Replace the equations (one per output); constants become a new parameter."""
+        if len(equations) != self.layout.n_outputs:
+            raise SymTorchFXError(
+                f"{self.region}: {len(equations)} equations for {self.layout.n_outputs} outputs"
+            )
+        templates, values = [], []
+        for e in equations:
+            t, v = templatize(sympy.sympify(e), start=len(values))
+            templates.append(t)
+            values.extend(v)
+        old = self.constants
+        dtype = old.dtype if old.dtype.is_floating_point else torch.float32
+        self.templates = templates
+        self.constants = nn.Parameter(torch.tensor(values, dtype=dtype, device=old.device))
+        self._fn = lower(templates, self.layout, self.symbols, len(values), self.kernel)
+
+    def equations(self) -> list[sympy.Expr]:
+        """The current equations, with the current (possibly fine-tuned) constants."""
+        return [substitute(t, self.constants.detach().cpu().double().tolist())
+                for t in self.templates]
+
+    def forward(self, *args, **kwargs):
+        data = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if len(data) != len(self.layout.inputs):
+            raise SymTorchFXError(
+                f"{self.region}: the symbolic replacement takes {len(self.layout.inputs)} tensor "
+                f"input(s) (as recorded), got {len(data)}"
+            )
+        for i, (a, w) in enumerate(zip(data, self.layout.inputs)):
+            if w is not None and (a.ndim == 0 or a.shape[-1] != w):
+                raise SymTorchFXError(
+                    f"{self.region}: input {i} has shape {tuple(a.shape)}, but its equations were "
+                    f"distilled for {w} features in the last dimension"
+                )
+        return self._fn(*data, self.constants).to(self.out_dtype)
+
+    def extra_repr(self) -> str:
+        names = ["y"] if self.layout.outputs is None else [f"y{k}" for k in range(
+            self.layout.outputs)]
+        lines = [f"region={self.region!r}"]
+        from ._expr import to_text
+
+        for n, e in zip(names, self.equations()):
+            lines.append(f"{n} = {to_text(e.evalf(4)) if e.atoms(sympy.Float) else to_text(e)}")
+        return "\n".join(lines)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_fn", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._fn = lower(self.templates, self.layout, self.symbols, self.constants.numel(),
+                         self.kernel)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+class GraphHost:
+    kind = "graph"
+
+    def __init__(self, gm: fx.GraphModule, regions: list[Region], through_nn: bool):
+        self.root = gm  # holds the user's modules; its graph is the original and is never edited
+        self.regions = regions
+        self.through_nn = through_nn
+        self.class_name = gm.__class__.__name__
+
+    def _graph(self) -> fx.Graph:
+        g = fx.Graph(tracer_cls=self.root.graph._tracer_cls)
+        out = g.graph_copy(self.root.graph, {})
+        g.output(out)
+        return g
+
+    def _module(self) -> fx.GraphModule:
+        return fx.GraphModule(self.root, self._graph(), self.class_name)
+
+    def prepared(self, recorders) -> fx.GraphModule:
+        gm = self._module()
+        insert_recorders(gm, self.regions, recorders)
+        return gm
+
+    def symbolic(self, modules: dict[str, SymbolicModule], modes: dict[str, str]) -> fx.GraphModule:
+        gm = self._module()  # every original module is registered here first, so it stays
+        for region in self.regions:
+            gm.add_submodule(self.path(region), modules[region.name])
+        self.apply(gm, modes)
+        return gm
+
+    @staticmethod
+    def path(region: Region) -> str:
+        return f"sfx_symbolic.{region.slug}"
+
+    def apply(self, gm: fx.GraphModule, modes: dict[str, str]) -> None:
+        """Point ``gm`` at a fresh copy of the original graph with the symbolic regions swapped."""
+        g = self._graph()
+        by_name = {n.name: n for n in g.nodes}
+        for region in self.regions:
+            if modes.get(region.name) != "symbolic":
+                continue
+            for site in region.sites:
+                out = by_name[site.output]
+                with g.inserting_before(out):
+                    new = g.call_module(self.path(region), tuple(by_name[a] for a in site.inputs))
+                out.replace_all_uses_with(new)
+                body = [by_name[n] for n in site.nodes]
+                attrs = {a for n in body for a in n.all_input_nodes if a.op == "get_attr"}
+                for n in reversed(body):
+                    g.erase_node(n)
+                for a in attrs:
+                    if not a.users:
+                        g.erase_node(a)
+        g.lint()
+        gm.graph = g
+        gm.recompile()
+
+    def restore(self, sym: nn.Module) -> fx.GraphModule:
+        return fx.GraphModule(sym, self._graph(), self.class_name)
+
+
+class SwapHost:
+    kind = "swap"
+
+    def __init__(self, model: nn.Module, regions: list[Region]):
+        for r in regions:
+            if r.kind != "module":
+                raise SymTorchFXError("internal: the swap host only carries module regions")
+        self.model = model
+        self.regions = regions
+        self.originals = {r.name: model.get_submodule(r.module) for r in regions}
+        self.class_name = type(model).__name__
+
+    def _clone(self) -> nn.Module:
+        """Shallow copies of the modules on every path to a target (the rest is shared)."""
+        cloned: dict[int, nn.Module] = {}
+
+        def clone(m: nn.Module) -> nn.Module:
+            if id(m) not in cloned:
+                c = copy.copy(m)
+                c._modules = m._modules.copy()
+                c._parameters = m._parameters.copy()
+                c._buffers = m._buffers.copy()
+                cloned[id(m)] = c
+            return cloned[id(m)]
+
+        root = clone(self.model)
+        for r in self.regions:
+            parent = root
+            for part in r.module.split(".")[:-1]:
+                parent._modules[part] = clone(parent._modules[part])
+                parent = parent._modules[part]
+        return root
+
+    def _set(self, root: nn.Module, region: Region, module: nn.Module) -> None:
+        *parents, leaf = region.module.split(".")
+        parent = root.get_submodule(".".join(parents)) if parents else root
+        parent._modules[leaf] = module
+
+    def prepared(self, recorders) -> nn.Module:
+        root = self._clone()
+        for r in self.regions:
+            self._set(root, r, Tap(self.originals[r.name], recorders[r.name]))
+        return root
+
+    def symbolic(self, modules: dict[str, SymbolicModule], modes: dict[str, str]) -> nn.Module:
+        """The swapped model. Both versions of every region stay registered on the root
+        (``sfx_symbolic.<region>``, ``sfx_neural.<region>``) so ``.to()`` moves both and either
+        can be switched in; the target path holds the active one."""
+        root = self._clone()
+        root._modules["sfx_symbolic"] = nn.ModuleDict(
+            {r.slug: modules[r.name] for r in self.regions})
+        root._modules["sfx_neural"] = nn.ModuleDict(
+            {r.slug: self.originals[r.name] for r in self.regions})
+        self.apply(root, modes)
+        return root
+
+    def apply(self, root: nn.Module, modes: dict[str, str]) -> None:
+        for r in self.regions:
+            which = "sfx_symbolic" if modes.get(r.name) == "symbolic" else "sfx_neural"
+            self._set(root, r, root._modules[which][r.slug])
+
+    def restore(self, sym: nn.Module) -> nn.Module:
+        root = self._clone()
+        for r in self.regions:
+            self._set(root, r, sym._modules["sfx_neural"][r.slug])
+        return root

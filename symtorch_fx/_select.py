@@ -1,0 +1,140 @@
+"""Stage ``select``: a Pareto front -> the one equation that replaces the output.
+
+Rules (``selection=`` in ``convert``/``compile``, or ``sym.select``):
+
+* ``"auto"`` (default) -- the law, not the network's error. A trained network differs from the
+  law it learned by a small, smooth error; past the law, longer equations fit that error and
+  lower the loss only slowly. ``auto`` takes the simplest equation that no more complex one
+  improves on by at least ``AUTO_RATE`` nats of log-loss per added node (averaged over the gap).
+  When the network's error is known (``noise=``, or ``labels=`` in ``compile``), it takes the
+  highest score among equations with loss <= max(1.5 x best, 2 x noise) instead;
+* ``"best"`` -- PySR's rule: the highest score ``-dlog(loss)/dcomplexity`` among equations whose
+  loss is at most 1.5x the best loss on the front;
+* ``"accuracy"`` -- the lowest loss;
+* ``"score"`` -- the highest score, whatever its loss;
+* an ``int`` -- the most accurate equation of at most that complexity;
+* a callable ``f(front) -> index or Equation``.
+
+A list gives one rule per output. Equations that do not evaluate to finite values on every
+recorded row are never chosen; when a rule would have picked one, the next choice is taken with a
+warning.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+from ._equations import Equation, ParetoFront, scores
+from ._errors import SymTorchFXError
+
+RULES = ("auto", "best", "accuracy", "score")
+
+#: nats of log-loss per node that count as a real improvement for ``"auto"``
+AUTO_RATE = 0.35
+
+
+def _rate(a: Equation, b: Equation) -> float:
+    """Average log-loss improvement per added node from ``a`` to the more complex ``b``."""
+    gain = math.log(max(a.loss, 1e-300)) - math.log(max(b.loss, 1e-300))
+    return gain / max(b.complexity - a.complexity, 1)
+
+
+def _auto(front: Sequence[Equation], idx: list[int], noise: float | None) -> int:
+    if noise is not None and noise > 0:
+        sc = scores(front)
+        best = min(front[i].loss for i in idx)
+        ok = [i for i in idx if front[i].loss <= max(1.5 * best, 2.0 * noise)] or idx
+        return max(ok, key=lambda i: (sc[i], -i))
+    for i in idx:
+        if all(_rate(front[i], front[j]) < AUTO_RATE for j in idx if j > i):
+            return i
+    return idx[-1]
+
+
+def _pick(front: Sequence[Equation], rule, allowed: list[bool], noise: float | None = None) -> int:
+    idx = [i for i, ok in enumerate(allowed) if ok]
+    if not idx:
+        raise SymTorchFXError("no equation on the front evaluates to finite values")
+    if rule == "auto":
+        return _auto(front, idx, noise)
+    if rule == "accuracy":
+        return min(idx, key=lambda i: front[i].loss)
+    sc = scores(front)
+    if rule == "score":
+        return max(idx, key=lambda i: (sc[i], -i))
+    if rule == "best":
+        best = min(front[i].loss for i in idx)
+        ok = [i for i in idx if front[i].loss <= 1.5 * best] or idx
+        return max(ok, key=lambda i: (sc[i], -i))
+    if isinstance(rule, bool):
+        raise SymTorchFXError(f"selection {rule!r} is not a rule")
+    if isinstance(rule, int):
+        within = [i for i in idx if front[i].complexity <= rule]
+        if not within:
+            raise SymTorchFXError(
+                f"no equation of complexity <= {rule}; the front has complexities "
+                f"{[e.complexity for e in front]}"
+            )
+        return min(within, key=lambda i: front[i].loss)
+    if callable(rule):
+        got = rule(front)
+        if isinstance(got, Equation):
+            for i, e in enumerate(front):
+                if e is got:
+                    return i
+            raise SymTorchFXError("the selection callable returned an equation not on the front")
+        if isinstance(got, int) and -len(front) <= got < len(front):
+            return got % len(front)
+        raise SymTorchFXError(
+            f"the selection callable returned {got!r}; return an index into the front or one "
+            "of its Equations"
+        )
+    raise SymTorchFXError(
+        f"unknown selection {rule!r}; use one of {', '.join(RULES)}, a complexity (int), a "
+        "list with one of these per output, or a callable front -> index"
+    )
+
+
+def rule_name(rule) -> str:
+    if isinstance(rule, str):
+        return rule
+    if isinstance(rule, int):
+        return f"complexity <= {rule}"
+    return getattr(rule, "__name__", "callable")
+
+
+def per_output(rule, n: int) -> list:
+    """Expand ``rule`` to one rule per output (a list must have one entry per output)."""
+    if isinstance(rule, (list, tuple)):
+        if len(rule) != n:
+            raise SymTorchFXError(
+                f"{len(rule)} selection rules given for {n} outputs; give one per output"
+            )
+        return list(rule)
+    return [rule] * n
+
+
+def apply(front: ParetoFront, rule, noise: float | None = None) -> None:
+    """Choose on ``front`` by ``rule``, warning when a non-finite equation had to be skipped.
+
+    ``noise``: the network's error (MSE) on this output, when known; used by ``"auto"``.
+    """
+    if noise is None:
+        noise = front.info.get("noise")
+    unrestricted = _pick(front.equations, rule, [True] * len(front), noise)
+    chosen = _pick(front.equations, rule, [e.finite for e in front], noise)
+    if chosen != unrestricted:
+        bad = front[unrestricted]
+        warnings.warn(
+            f"{front.region} / {front.output}: the equation {bad.text(4)!r} (complexity "
+            f"{bad.complexity}) gives non-finite values on recorded inputs; using "
+            f"{front[chosen].text(4)!r} (complexity {front[chosen].complexity}) instead",
+            stacklevel=3,
+        )
+    front.chosen = chosen
+    front.rule = rule_name(rule)
+    if noise is not None:
+        front.info["noise"] = noise
+

@@ -1,0 +1,104 @@
+"""Shared fixtures: small trained networks and a small-budget real engine.
+
+Everything is seeded. The engine is the real embedded Operon with budgets small enough for CI
+(seconds per search); nothing here mocks it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import sympy
+import torch
+import torch.nn as nn
+
+import symtorch_fx as sfx
+
+torch.set_num_threads(2)
+
+
+def fast_engine(**kw) -> sfx.Operon:
+    settings = dict(population_size=300, generations=60, max_length=20, max_rows=1000)
+    settings.update(kw)
+    return sfx.Operon(**settings)
+
+
+def mlp(d_in: int, d_out: int, width: int = 64, depth: int = 2, act=nn.SiLU) -> nn.Sequential:
+    layers, d = [], d_in
+    for _ in range(depth):
+        layers += [nn.Linear(d, width), act()]
+        d = width
+    layers.append(nn.Linear(d, d_out))
+    return nn.Sequential(*layers)
+
+
+def train(net: nn.Module, X: torch.Tensor, Y: torch.Tensor, steps: int = 2000, lr: float = 3e-3,
+          seed: int = 0) -> float:
+    """Full-batch-ish Adam with cosine decay; returns the final MSE on (X, Y)."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(steps):
+        idx = torch.randint(0, len(X), (512,), generator=g)
+        loss = ((net(X[idx]) - Y[idx]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    with torch.no_grad():
+        return float(((net(X) - Y) ** 2).mean())
+
+
+class Wrapped(nn.Module):
+    """A model with a distillable MLP inside and other work around it: the MLP learns half the
+    law, because the model doubles what it returns."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.mlp = mlp(d_in, d_out)
+        self.register_buffer("scale", torch.tensor(2.0))
+
+    def forward(self, x):
+        return self.mlp(x) * self.scale
+
+
+def round_constants(expr: sympy.Expr, digits: int = 1) -> sympy.Expr:
+    return expr.xreplace({f: sympy.Float(round(float(f), digits)) for f in expr.atoms(sympy.Float)})
+
+
+def equivalent(expr: sympy.Expr, truth: sympy.Expr, digits: int = 1) -> bool:
+    """Equal after rounding constants (and snapping them to nearby integers)."""
+    by_name = {s.name: s for s in expr.free_symbols}
+    truth = truth.xreplace({s: by_name.get(s.name, s) for s in truth.free_symbols})
+    e = sympy.nsimplify(round_constants(expr, digits), rational=True)
+    return sympy.simplify(e - truth) == 0
+
+
+@pytest.fixture(scope="session")
+def law_data():
+    torch.manual_seed(0)
+    X = torch.rand(4096, 2) * 4 - 2
+    Y = (X[:, 0] * X[:, 1] + torch.sin(X[:, 0]))[:, None]
+    return X, Y
+
+
+@pytest.fixture(scope="session")
+def trained_law(law_data):
+    """A Wrapped MLP trained on y = x0*x1 + sin(x0)."""
+    torch.manual_seed(0)
+    X, Y = law_data
+    net = Wrapped(2, 1)
+    net.train_mse = train(net, X, Y)
+    net.eval()
+    return net
+
+
+@pytest.fixture(scope="session")
+def distilled_law(trained_law, law_data):
+    """The trained law distilled once (two restarts on two threads), shared by tests."""
+    X, _ = law_data
+    return sfx.compile(trained_law, targets=["mlp"], sample_inputs=[X[:2048], X[2048:]],
+                       engine=fast_engine(), executor="threads", restarts=2, progress=False)
+
+
+def pytest_report_header(config):
+    return f"torch {torch.__version__} ({torch.get_num_threads()} threads)"

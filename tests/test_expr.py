@@ -1,0 +1,112 @@
+"""The restricted equation grammar: parse/print round trips, complexity, rejection of code."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import sympy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from symtorch_fx._errors import EquationSyntaxError
+from symtorch_fx._expr import complexity, parse, substitute, templatize, tidy, to_text
+
+X = sympy.symbols("x0 x1 x2", real=True)
+S = {s.name: s for s in X}
+
+
+@pytest.mark.parametrize("text,cx", [
+    ("x0", 1), ("x0 + x1", 3), ("x0 - x1", 3), ("x0*x1 + sin(x0)", 6), ("1/x0", 3),
+    ("x0^2", 3), ("sqrt(x0)", 2), ("exp(-x0)", 3), ("x0/(x1*x2)", 5), ("-x0 - x1", 4),
+    ("2.5*x0 + 1.5", 5),
+])
+def test_complexity_counts_nodes_like_pysr(text, cx):
+    assert complexity(parse(text, S)) == cx
+
+
+def test_operon_output_parses_and_folds():
+    text = "((-0.057673275470734) + (0.998252868652344 * (0.662448942661285 * x1)))"
+    e = parse(text, S)
+    assert complexity(e) == 5  # a*x1 + b after sympy folds the scaling terms
+    assert parse("x0 ^ 2", S) == X[0] ** 2
+
+
+def test_pysr_style_functions():
+    assert parse("square(x0) + cube(x1) + inv(x2) + neg(x0)", S) == (
+        X[0] ** 2 + X[1] ** 3 + 1 / X[2] - X[0])
+    assert parse("relu(x0)", S) == sympy.Max(0, X[0])
+
+
+@pytest.mark.parametrize("bad,msg", [
+    ("__import__('os').system('ls')", "unexpected character"),
+    ("__import__(x0)", "unknown function '__import__'"),
+    ("x0.real", "unexpected character"),
+    ("lambda: 1", "unexpected character"),
+    ("x0 + y", "unknown name 'y'"),
+    ("sin(x0, x1)", "takes 1 argument"),
+    ("x0 +", "unexpected"),
+    ("", "empty"),
+    ("1e999", "not finite"),
+    ("(" * 500 + "x0" + ")" * 500, "nested deeper"),
+])
+def test_bad_text_is_rejected(bad, msg):
+    with pytest.raises(EquationSyntaxError, match=msg):
+        parse(bad, S)
+
+
+def test_tidy_removes_float32_noise():
+    e = parse("1.0000001*x0 + 2.5*sin(0.9999999*x1) - 1e-9", S)
+    assert tidy(e) == X[0] + 2.5 * sympy.sin(X[1])
+
+
+def test_templatize_roundtrip():
+    e = parse("2.5*sin(x0) + x1^2 - 0.125", S)
+    t, vals = templatize(e)
+    assert sorted(vals) == [-0.125, 2.5]
+    assert X[1] ** 2 in t.args  # integer exponents are structure, not constants
+    assert substitute(t, vals) == e
+
+
+# -- property: printing then parsing any expression we can build gives the same expression ----
+
+leaves = st.one_of(
+    st.sampled_from(X),
+    st.floats(-100, 100, allow_nan=False).filter(lambda v: abs(v) > 1e-3).map(sympy.Float),
+    st.integers(1, 5).map(sympy.Integer),
+)
+unary = st.sampled_from([sympy.sin, sympy.cos, sympy.exp, sympy.log, sympy.sqrt, sympy.tanh,
+                         sympy.Abs, lambda a: -a, lambda a: a**2, lambda a: 1 / a])
+binary = st.sampled_from([lambda a, b: a + b, lambda a, b: a - b, lambda a, b: a * b,
+                          lambda a, b: a / b, sympy.Max, sympy.Min])
+
+
+def _safe(f, *args):
+    if not any(a.free_symbols for a in args):
+        return args[0]  # functions of bare numbers fold to numbers (exp(exp(100))...): skip
+    try:
+        return f(*args)
+    except (ValueError, TypeError):  # e.g. Max of a complex number: not an equation we emit
+        return sympy.nan
+
+
+def _exprs():
+    return st.recursive(
+        leaves,
+        lambda inner: st.one_of(st.builds(_safe, unary, inner),
+                                st.builds(_safe, binary, inner, inner)),
+        max_leaves=8,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(_exprs())
+def test_print_parse_roundtrip(e):
+    if e.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo, sympy.I):
+        return
+    text = to_text(e)
+    back = parse(text, S)
+    assert sympy.simplify(back - e) == 0 or back == e, text
+    for v in e.atoms(sympy.Float):  # constants survive exactly
+        assert any(math.isclose(float(v), float(w), rel_tol=0, abs_tol=0)
+                   for w in back.atoms(sympy.Float)) or not back.atoms(sympy.Float)
