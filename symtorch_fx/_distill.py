@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -59,9 +60,12 @@ class InlineExecutor(cf.Executor):
 
 
 def _process_pool(n: int) -> cf.Executor:
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["symtorch_fx._distill"])
-    return cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx)
+    # On Linux, fork (as torch's DataLoader does): workers start at once and scripts need no
+    # ``if __name__ == "__main__"`` guard. The workers only run the engine (numpy + C++), never
+    # torch ops, so the parent's thread pools are no hazard. Elsewhere fork is unsafe or absent:
+    # spawn, which re-imports the main module (guard it, as for DataLoader workers).
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return cf.ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context(method))
 
 
 def resolve_executor(executor, engine, n_jobs: int) -> tuple[cf.Executor, bool]:

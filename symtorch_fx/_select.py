@@ -32,7 +32,7 @@ from ._errors import SymTorchFXError
 RULES = ("auto", "best", "accuracy", "score")
 
 #: nats of log-loss per node that count as a real improvement for ``"auto"``
-AUTO_RATE = 0.35
+AUTO_RATE = 0.5
 
 
 def _rate(a: Equation, b: Equation) -> float:

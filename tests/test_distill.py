@@ -158,3 +158,27 @@ def test_pysr_live_recovers_law(trained_law, law_data):
                                       unary_operators=["sin"], deterministic=True,
                                       parallelism="serial"))
     assert equivalent(sym.equations["mlp"][0].equation.expr, (x0 * x1 + sympy.sin(x0)) / 2)
+
+
+def test_default_process_pool_works_from_a_script_without_main_guard(tmp_path):
+    """Workers must not re-import the user's script (forkserver/spawn would, and crash)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "user_script.py"
+    script.write_text(textwrap.dedent("""
+        import torch, torch.nn as nn
+        import symtorch_fx as sfx
+        print("script body ran", flush=True)
+        model = nn.Sequential(nn.Linear(2, 2))
+        x = torch.randn(300, 2)
+        sym = sfx.compile(model, ["0"], x, progress=False,
+                          engine=sfx.Operon(population_size=50, generations=5))
+        print("outputs", len(sym.equations["0"]))
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("script body ran") == 1  # not re-run by the workers
+    assert "outputs 2" in out.stdout
