@@ -47,9 +47,20 @@ class SymbolicModule(nn.Module):
         self.variables = tuple(variables)
         self.arg_mask = tuple(arg_mask)
         self.out_dtype = out_dtype
-        self.kernel = kernel
+        self._kernel = kernel
         self.constants = nn.Parameter(torch.zeros(0))
         self.set_equations(equations)
+
+    @property
+    def kernel(self) -> str:
+        """How the equations run: ``"auto"``, ``"torch"``, ``"triton"``, ``"cpp"`` or
+        ``"inductor"`` (see ``_lower.Lowered``). Assigning it re-lowers the equations."""
+        return self._kernel
+
+    @kernel.setter
+    def kernel(self, value: str) -> None:
+        fn = lower(self.templates, self.layout, self.symbols, self.constants.numel(), value)
+        self._kernel, self._fn = value, fn
 
     @property
     def symbols(self) -> list[sympy.Symbol]:
@@ -90,7 +101,7 @@ class SymbolicModule(nn.Module):
                     f"{self.region}: input {i} has shape {tuple(a.shape)}, but its equations were "
                     f"distilled for {w} features in the last dimension"
                 )
-        return self._fn(*data, self.constants).to(self.out_dtype)
+        return self._fn(*data, self.constants, out_dtype=self.out_dtype)
 
     def extra_repr(self) -> str:
         names = ["y"] if self.layout.outputs is None else [f"y{k}" for k in range(
@@ -109,8 +120,9 @@ class SymbolicModule(nn.Module):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self.__dict__.setdefault("_kernel", state.get("kernel", "auto"))
         self._fn = lower(self.templates, self.layout, self.symbols, self.constants.numel(),
-                         self.kernel)
+                         self._kernel)
 
 
 # ----------------------------------------------------------------------------------------------
