@@ -140,19 +140,28 @@ class CppPrinter(_fused.KernelPrinter):
         return f"V::blendv({tie}, {a}, {u} > {zero})"
 
 
-def source(program: _fused.Program, compute: torch.dtype, in_dtypes, out_dtypes) -> str:
+def source(program: _fused.Program, compute: torch.dtype, in_dtypes, out_dtypes,
+           packed: tuple[bool, ...]) -> str:
     """C++ source of ``sfx_kernel(const int64_t* a)``; ``a`` packs, in order: per read tensor
     (data, stride_outer, stride_inner, stride_col), the constants, per output group its data,
-    the per-thread sums, then n_rows, n_inner, threads and two_level."""
+    the per-thread sums, then n_rows, n_inner, threads and two_level.
+
+    ``packed[t]``: tensor ``t``'s rows are packed (row stride = its width, column stride 1), the
+    common case; its strides are then compile-time constants, which makes the gather of a row
+    block about 4x faster than with strides known only at run time (measured)."""
     system = program.system
     tensors = sorted({r.tensor for r in program.reads})
-    body, k = [], 0
+    k = 0
     unpack = []
     for t in tensors:
         unpack.append(f"  const auto* p{t} = reinterpret_cast<const {_CTYPE[in_dtypes[t]]}*>"
                       f"(a[{k}]);")
-        unpack.append(f"  const int64_t so{t} = a[{k + 1}], si{t} = a[{k + 2}], "
-                      f"sc{t} = a[{k + 3}];")
+        if packed[t]:
+            unpack.append(f"  const int64_t so{t} = a[{k + 1}];")
+            unpack.append(f"  constexpr int64_t si{t} = {system.widths[t] or 1}, sc{t} = 1;")
+        else:
+            unpack.append(f"  const int64_t so{t} = a[{k + 1}], si{t} = a[{k + 2}], "
+                          f"sc{t} = a[{k + 3}];")
         k += 4
     unpack.append(f"  const T* cv = reinterpret_cast<const T*>(a[{k}]);")
     k += 1
@@ -351,11 +360,11 @@ def _build(src: str) -> ctypes.CDLL:
         return lib
 
 
-def _kernel(entry: _fused.Entry, needs, compute, in_dtypes, out_dtypes):
-    key = ("cpp", needs, compute, in_dtypes, out_dtypes)
+def _kernel(entry: _fused.Entry, needs, compute, in_dtypes, out_dtypes, packed):
+    key = ("cpp", needs, compute, in_dtypes, out_dtypes, packed)
     fn = entry.kernels.get(key)
     if fn is None:
-        src = source(entry.program(needs), compute, in_dtypes, out_dtypes)
+        src = source(entry.program(needs), compute, in_dtypes, out_dtypes, packed)
         fn = _build(src).sfx_kernel
         entry.kernels[key] = fn
     return fn
@@ -384,7 +393,10 @@ def _run(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums):
         return outs, sums
     program = entry.program(needs)
     in_dtypes = tuple(t.dtype for t in rows.tensors)
-    fn = _kernel(entry, needs, compute, in_dtypes, tuple(out_dtypes))
+    widths = program.system.widths
+    packed = tuple(st[1] == (w or 1) and (w is None or st[2] == 1)
+                   for st, w in zip(rows.strides, widths))
+    fn = _kernel(entry, needs, compute, in_dtypes, tuple(out_dtypes), packed)
     cv = c.detach().to(compute).contiguous()
     args = []
     for t in sorted({r.tensor for r in program.reads}):

@@ -59,6 +59,7 @@ class System:
     n_constants: int
     groups: tuple[Group, ...]
     sums: tuple[sympy.Expr, ...] = ()
+    widths: tuple[int | None, ...] = ()  # per tensor read: its number of columns (or None)
 
     def program(self) -> Program:
         """Common subexpressions of every output and sum, eliminated once for all of them."""
@@ -94,7 +95,8 @@ def forward_system(templates: Sequence[sympy.Expr], layout, variables: Sequence[
     if len(variables) != len(cols):
         raise SymTorchFXError(f"{len(variables)} variables for a layout of {len(cols)} features")
     reads = tuple(Read(s, i, c) for s, (i, c) in zip(variables, cols))
-    return System(reads, n_constants, (Group(tuple(templates), layout.outputs is not None),))
+    return System(reads, n_constants, (Group(tuple(templates), layout.outputs is not None),),
+                  widths=tuple(layout.inputs))
 
 
 class _pw(sympy.Function):
@@ -169,7 +171,8 @@ def backward_system(forward: System, n_inputs: int, needs: Sequence[bool]) -> Sy
         mine = [r for r in forward.reads if r.tensor == i]
         groups.append(Group(tuple(grad(r.symbol) for r in mine), mine[0].column is not None))
     sums = tuple(grad(constant_symbol(j)) for j in range(forward.n_constants)) if needs[-1] else ()
-    return System(reads, forward.n_constants, tuple(groups), sums)
+    width = len(out.exprs) if out.has_dim else None
+    return System(reads, forward.n_constants, tuple(groups), sums, forward.widths + (width,))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -164,15 +164,59 @@ class TritonPrinter(_fused.KernelPrinter):
         return f"tl.where({u} > 0.0, {a}, tl.where({u} < 0.0, 0.0, {at_zero!r} * {a}))"
 
 
+def _pow2(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p
+
+
+def _split(name: str, cols: list[int], lines: list[str]) -> dict[int, str]:
+    """Split tile ``name`` (flat columns ``cols``, a power of two, last dim the lowest bit)
+    into one ``[BLOCK]`` vector per column: ``tl.split`` peels the lowest bit each time."""
+    if len(cols) == 1:
+        return {cols[0]: name}
+    lines.append(f"        {name}e, {name}o = tl.split({name})")
+    return {**_split(f"{name}e", cols[0::2], lines), **_split(f"{name}o", cols[1::2], lines)}
+
+
+def _join(name: str, items: list[str], lines: list[str]) -> str:
+    """Join ``[BLOCK]`` vectors (flat columns, a power of two) into ``[BLOCK, 2, ..., 2]`` with
+    the highest bit first, so a row-major reshape gives ``[BLOCK, columns]``."""
+    level = 0
+    while len(items) > 1:
+        half = len(items) // 2
+        out = []
+        for j in range(half):
+            lines.append(f"        {name}_{level}_{j} = tl.join({items[j]}, {items[j + half]})")
+            out.append(f"{name}_{level}_{j}")
+        items, level = out, level + 1
+    return items[0]
+
+
+def tiled(system: _fused.System) -> list[int]:
+    """The tensors that can be loaded as ``[BLOCK, columns]`` tiles (two or more columns)."""
+    return [t for t, w in enumerate(system.widths) if w is not None and w >= 2]
+
+
 def source(program: _fused.Program, name: str) -> str:
-    """The kernel ``name`` for ``program`` (a module: helpers, then the kernel)."""
+    """The kernel ``name`` for ``program``.
+
+    Inputs whose columns are contiguous (``TILE<t>``) are read as one ``[BLOCK, columns]`` tile
+    (coalesced, vectorized loads) and split into columns in registers (``tl.split``, exact);
+    the others column by column. Outputs are joined into a ``[BLOCK, columns]`` tile and stored
+    at once (``TILE_OUT``) or column by column. Both forms are generated; the flags are
+    compile-time constants.
+    """
     system = program.system
     tensors = sorted({r.tensor for r in program.reads})
+    tiles = [t for t in tiled(system) if t in tensors]
     args = []
     for t in tensors:
         args += [f"p{t}", f"so{t}", f"si{t}", f"sc{t}"]
     args += ["c_ptr"] + [f"q{g}" for g in range(len(system.groups))]
-    args += ["s_ptr", "n_rows", "n_inner", "BLOCK: tl.constexpr", "TWO: tl.constexpr"]
+    args += ["s_ptr", "n_rows", "n_inner", "BLOCK: tl.constexpr", "TWO: tl.constexpr",
+             "TILE_OUT: tl.constexpr"] + [f"TILE{t}: tl.constexpr" for t in tiles]
     lines = ["@triton.jit", f"def {name}({', '.join(args)}):",
              "    pid = tl.program_id(0)",
              "    r = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)",
@@ -185,12 +229,29 @@ def source(program: _fused.Program, name: str) -> str:
     lines += [f"        o{t} = r * si{t}" for t in tensors]
     names: dict[sympy.Symbol, str] = {}
     rowdep: set[sympy.Symbol] = set()
+    by_tensor: dict[int, list[tuple[int, _fused.Read]]] = {}
     for k, rd in enumerate(program.reads):
-        col = "" if rd.column is None else f" + {rd.column} * sc{rd.tensor}"
-        lines.append(f"    v{k} = tl.load(p{rd.tensor} + o{rd.tensor}{col}, mask=m, other=0.0)"
-                     ".to(tl.float32)")
+        by_tensor.setdefault(rd.tensor, []).append((k, rd))
         names[rd.symbol] = f"v{k}"
         rowdep.add(rd.symbol)
+    for t in tensors:
+        ind = "    "
+        if t in tiles:
+            w, wp = system.widths[t], _pow2(system.widths[t])
+            lines += [f"    if TILE{t}:",
+                      f"        a{t} = tl.arange(0, {wp})",
+                      f"        x{t} = tl.load(p{t} + o{t}[:, None] + a{t}[None, :], "
+                      f"mask=m[:, None] & (a{t}[None, :] < {w}), other=0.0).to(tl.float32)"]
+            if wp > 2:
+                lines.append(f"        x{t} = tl.reshape(x{t}, [BLOCK{', 2' * (wp.bit_length() - 1)}])")
+            leaves = _split(f"x{t}", list(range(wp)), lines)
+            lines += [f"        v{k} = {leaves[rd.column]}" for k, rd in by_tensor[t]]
+            lines.append("    else:")
+            ind = "        "
+        for k, rd in by_tensor[t]:
+            col = "" if rd.column is None else f" + {rd.column} * sc{rd.tensor}"
+            lines.append(f"{ind}v{k} = tl.load(p{t} + o{t}{col}, mask=m, other=0.0)"
+                         ".to(tl.float32)")
     for j in program.constants:
         lines.append(f"    k{j} = tl.load(c_ptr + {j}).to(tl.float32)")
         names[constant_symbol(j)] = f"k{j}"
@@ -199,13 +260,34 @@ def source(program: _fused.Program, name: str) -> str:
         printer.bind(sym, f"t{i}", e)
         if e.free_symbols & rowdep:
             rowdep.add(sym)
-    widths = [len(g.exprs) for g in system.groups]
-    for gi, col, e in program.outputs:
+    outs: dict[int, list[tuple[int, str]]] = {}
+    for o, (gi, col, e) in enumerate(program.outputs):
         code = printer(e)
         if not e.free_symbols & rowdep:  # the same value on every row
             code = f"tl.full([BLOCK], 0.0, tl.float32) + {code}"
-        printer.lines.append(f"    tl.store(q{gi} + r * {widths[gi]} + {col}, "
-                             f"({code}).to(q{gi}.dtype.element_ty), mask=m)")
+        printer.lines.append(f"    y{o} = {code}")
+        outs.setdefault(gi, []).append((col, f"y{o}"))
+    store = []
+    for gi, cols in outs.items():
+        w = len(system.groups[gi].exprs)
+        dtype = f"q{gi}.dtype.element_ty"
+        if w >= 2:
+            wp = _pow2(w)
+            store += ["    if TILE_OUT:", f"        b{gi} = tl.arange(0, {wp})"]
+            by_col = dict(cols)
+            if len(by_col) < wp:
+                store.append(f"        e{gi} = tl.zeros([BLOCK], tl.float32)")
+            z = _join(f"z{gi}", [by_col.get(col, f"e{gi}") for col in range(wp)], store)
+            store.append(f"        z{gi} = tl.reshape({z}, [BLOCK, {wp}])")
+            store += [f"        tl.store(q{gi} + r[:, None] * {w} + b{gi}[None, :], "
+                      f"z{gi}.to({dtype}), mask=m[:, None] & (b{gi}[None, :] < {w}))",
+                      "    else:"]
+            store += [f"        tl.store(q{gi} + r * {w} + {col}, {y}.to({dtype}), mask=m)"
+                      for col, y in cols]
+        else:
+            store += [f"    tl.store(q{gi} + r * {w} + {col}, {y}.to({dtype}), mask=m)"
+                      for col, y in cols]
+    printer.lines += store
     n_sums = len(program.sums)
     for s, e in enumerate(program.sums):
         code = printer(e)
@@ -216,6 +298,10 @@ def source(program: _fused.Program, name: str) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # building and caching kernels
+
+# read contiguous columns as tiles and write outputs as tiles (SYMTORCH_FX_TRITON_TILES=0: one
+# column at a time, for comparison)
+TILES = os.environ.get("SYMTORCH_FX_TRITON_TILES", "1") != "0"
 
 _BUILD_LOCK = threading.Lock()
 _COUNTER = [0]
@@ -309,7 +395,10 @@ def _run(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums):
         for t in used:
             args += [rows.tensors[t], *rows.strides[t]]
         args += [c] + outs + [sums, rows.n, rows.n_inner]
-        _kernel(entry, needs)[grid](*args, BLOCK=block, TWO=rows.two_level, num_warps=warps)
+        flags = {f"TILE{t}": TILES and rows.strides[t][2] == 1
+                 for t in tiled(program.system) if t in used}
+        _kernel(entry, needs)[grid](*args, BLOCK=block, TWO=rows.two_level, TILE_OUT=TILES,
+                                    num_warps=warps, **flags)
     return outs, sums
 
 

@@ -136,8 +136,13 @@ PHASES = (Phase.explicit, Phase.reuse, Phase.generate)
 def random_region(texts):
     """(templates, constants) of a region whose outputs are ``texts``; examples whose constants
     fold to something no equation can be (complex, infinite, 0/0) are discarded."""
-    exprs = [parse(t, S) for t in texts]
+    try:
+        exprs = [parse(t, S) for t in texts]
+    except (ValueError, ZeroDivisionError):  # constants that fold to complex numbers, or 1/0.0
+        assume(False)
     assume(not any(e.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo, sympy.I) for e in exprs))
+    assume(all(s.is_real is not False for e in exprs for s in sympy.preorder_traversal(e)
+               if not s.free_symbols))
     temps, vals = [], []
     for e in exprs:
         t, v = templatize(e, len(vals))

@@ -19,7 +19,7 @@ from _kernel_cases import (
     reference,
     with_constants,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import symtorch_fx as sfx
@@ -29,15 +29,6 @@ from symtorch_fx._expr import parse
 from symtorch_fx._lower import AUTO_CPP_MIN_ROWS, Layout, lower
 
 pytestmark = pytest.mark.skipif(not _cpu.available(), reason="needs a C++ compiler on Linux")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache(tmp_path_factory):
-    """A fresh on-disk kernel cache, so the tests compile what they run."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SYMTORCH_FX_CACHE", str(tmp_path_factory.mktemp("sfx_cache")))
-    yield
-    mp.undo()
 
 
 def test_every_operator_matches_float64_reference_and_torch_code():
@@ -181,6 +172,24 @@ def test_constants_are_arguments_and_kernels_are_cached_by_structure():
     assert not torch.equal(ya, yb)
 
 
+def test_compiled_kernels_are_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMTORCH_FX_CACHE", str(tmp_path))
+    _, f, c = build(["x0*x1 + 0.25*cos(x2)"], kernel="cpp")
+    x = torch.randn(64, 3)
+    y = f(x, c.float())
+    files = sorted(p.suffix for p in (tmp_path / "cpu").iterdir())
+    assert files.count(".so") == 1 and files.count(".cpp") == 1
+    # a new process (here: empty in-memory caches) loads the library without compiling
+    monkeypatch.setattr(_cpu, "_LIBS", {})
+    f.entry.kernels.clear()
+
+    def no_compiler(*args, **kwargs):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(_cpu, "_compile", no_compiler)
+    torch.testing.assert_close(f(x, c.float()), y)
+
+
 def test_auto_runs_cpp_on_large_cpu_batches_and_torch_on_small():
     _, f, c = build(["x0*x1"])
     assert f.choose([torch.zeros(AUTO_CPP_MIN_ROWS, 3)], c) == "cpp"
@@ -270,7 +279,7 @@ def test_inductor_kernel_matches_torch():
     torch.testing.assert_close(f(x, c.float()), ft(x, c.float()))
 
 
-@settings(max_examples=4, deadline=None, derandomize=True, phases=PHASES,
+@settings(max_examples=3, deadline=None, derandomize=True, phases=PHASES,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(st.lists(expressions(), min_size=6, max_size=12), st.integers(0, 999))
 def test_random_expressions_float64_values_and_gradients(texts, seed):
@@ -298,3 +307,25 @@ def test_random_expressions_float64_values_and_gradients(texts, seed):
         scale = np.max(np.abs(b[fin]), initial=1.0)
         np.testing.assert_allclose(a[fin], b[fin], rtol=1e-8, atol=1e-8 * scale,
                                    err_msg=" | ".join(texts))
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(expressions(), st.integers(0, 999))
+def test_random_expressions_gradcheck_on_the_torch_code(text, seed):
+    # torch's autograd of the generated torch code against finite differences, in float64, on
+    # rows where the expression is finite (inputs and fitted constants both)
+    temps, vals = random_region([text])
+    assume(temps[0].free_symbols & set(X))
+    f = lower(temps, Layout((3,), 1), X, len(vals), "torch")
+    c = torch.tensor(vals, dtype=torch.float64)
+    x = inputs(24, seed=seed, special=False)
+    with torch.no_grad():
+        y = f(x, c)[:, 0]
+    keep = torch.isfinite(y) & (y.abs() < 1e6)
+    assume(keep.sum() >= 4)
+    xs = x[keep].clone().requires_grad_(True)
+    grads = torch.autograd.grad(f(xs, c)[:, 0].sum(), xs, allow_unused=True)[0]
+    assume(grads is None or bool(torch.isfinite(grads).all()))
+    cc = c.clone().requires_grad_(bool(vals))
+    assert torch.autograd.gradcheck(lambda a, b: f(a, b), (xs, cc), atol=1e-5, rtol=1e-4)

@@ -74,7 +74,9 @@ def _torch32(f, x, c):
     return lower(f.templates, f.layout, X, len(c), "torch")(x.float(), c.float())
 
 
-def test_every_operator_matches_torch_code_and_float64_reference(device):
+@pytest.mark.parametrize("tiles", [True, False], ids=["tiles", "columns"])
+def test_every_operator_matches_torch_code_and_float64_reference(device, tiles, monkeypatch):
+    monkeypatch.setattr(_triton, "TILES", tiles)  # both ways of reading and writing rows
     exprs, f, c = build(OP_CASES, kernel="triton")
     x = inputs(500)
     got = f(x.float().to(device), c.float().to(device)).cpu().numpy()
