@@ -381,7 +381,8 @@ def _check(tensors, c):
                 f"the C++ kernel takes float16/bfloat16/float32/float64 tensors, got {x.dtype}")
 
 
-def _run(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums):
+def run(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums):
+    """Run ``entry``'s forward (``needs is None``) or backward kernel; see ``_fused.run_forward``."""
     _check(tensors, c)
     rows = _fused.row_space(tensors, has_dim)
     compute = torch.float64 if any(t.dtype == torch.float64 for t in (*tensors, c)) \
@@ -406,29 +407,6 @@ def _run(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums):
     packed = (ctypes.c_int64 * len(args))(*args)
     fn(packed)
     return outs, sums
-
-
-def run_forward(entry: _fused.Entry, inputs, c, out_dtype):
-    layout = entry.layout
-    shape = () if layout.outputs is None else (layout.outputs,)
-    has_dim = [n is not None for n in layout.inputs]
-    (out,), _ = _run(entry, inputs, has_dim, c, None, [shape], [out_dtype], 0)
-    return out
-
-
-def run_backward(entry: _fused.Entry, inputs, c, grad, needs):
-    layout = entry.layout
-    has_dim = [n is not None for n in layout.inputs] + [layout.outputs is not None]
-    shapes, dtypes = [], []
-    for x, n, need in zip(inputs, layout.inputs, needs):
-        if need:
-            shapes.append(() if n is None else (n,))
-            dtypes.append(x.dtype)
-    n_sums = entry.forward.n_constants if needs[-1] else 0
-    outs, sums = _run(entry, [*inputs, grad], has_dim, c, needs, shapes, dtypes, n_sums)
-    if needs[-1]:
-        outs.append(sums.sum(0).to(c.dtype))
-    return outs
 
 
 def warn_unavailable(reason: str) -> None:

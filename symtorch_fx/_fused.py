@@ -323,12 +323,36 @@ def _lead(entry: Entry, inputs) -> tuple[int, ...]:
     return tuple(torch.broadcast_shapes(*leads))
 
 
+def run_forward(backend, entry: Entry, inputs, c, out_dtype):
+    """The region's outputs through ``backend.run`` (one output group, no sums)."""
+    layout = entry.layout
+    shape = () if layout.outputs is None else (layout.outputs,)
+    has_dim = [n is not None for n in layout.inputs]
+    (out,), _ = backend.run(entry, inputs, has_dim, c, None, [shape], [out_dtype], 0)
+    return out
+
+
+def run_backward(backend, entry: Entry, inputs, c, grad, needs):
+    """Gradients through ``backend.run``: one group per needed input, then the constants'."""
+    layout = entry.layout
+    has_dim = [n is not None for n in layout.inputs] + [layout.outputs is not None]
+    shapes, dtypes = [], []
+    for x, n, need in zip(inputs, layout.inputs, needs):
+        if need:
+            shapes.append(() if n is None else (n,))
+            dtypes.append(x.dtype)
+    n_sums = entry.forward.n_constants if needs[-1] else 0
+    outs, sums = backend.run(entry, [*inputs, grad], has_dim, c, needs, shapes, dtypes, n_sums)
+    if needs[-1]:
+        outs.append(sums.sum(0).to(c.dtype))
+    return outs
+
+
 @torch.library.custom_op("symtorch_fx::fused", mutates_args=())
 def fused(inputs: list[torch.Tensor], c: torch.Tensor, key: str, backend: str,
           out_dtype: torch.dtype) -> torch.Tensor:
     """Every output of a region in one kernel (``backend``: ``"triton"`` or ``"cpp"``)."""
-    entry = _entry(key)
-    return _backend(backend).run_forward(entry, list(inputs), c, out_dtype)
+    return run_forward(_backend(backend), _entry(key), list(inputs), c, out_dtype)
 
 
 @fused.register_fake
@@ -343,8 +367,7 @@ def fused_backward(inputs: list[torch.Tensor], c: torch.Tensor, grad: torch.Tens
                    backend: str, needs: list[bool]) -> list[torch.Tensor]:
     """Gradients of a region's outputs: one tensor per needed input (at the broadcast leading
     shape, in the input's dtype), then the constants' gradient if ``needs[-1]``."""
-    entry = _entry(key)
-    return _backend(backend).run_backward(entry, list(inputs), c, grad, tuple(needs))
+    return run_backward(_backend(backend), _entry(key), list(inputs), c, grad, tuple(needs))
 
 
 @fused_backward.register_fake

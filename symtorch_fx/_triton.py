@@ -14,6 +14,7 @@ rules, and integer powers are multiplications.
 
 from __future__ import annotations
 
+import functools
 import linecache
 import os
 import threading
@@ -311,6 +312,7 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+@functools.cache
 def available() -> bool:
     try:
         import triton  # noqa: F401
@@ -363,9 +365,9 @@ def _launch_config(program: _fused.Program, n: int) -> tuple[int, int]:
     return (512 if heavy else 1024), 4
 
 
-def _check(inputs, c):
-    dev = inputs[0].device
-    for x in (*inputs, c):
+def _check(tensors, c):
+    dev = tensors[0].device
+    for x in (*tensors, c):
         if x.device != dev:
             raise SymTorchFXError(
                 f"the Triton kernel needs every input and the constants on one device; got "
@@ -381,7 +383,9 @@ def _check(inputs, c):
             "symtorch_fx to run it in Triton's interpreter")
 
 
-def _run(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums):
+def run(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums):
+    """Run ``entry``'s forward (``needs is None``) or backward kernel; see ``_fused.run_forward``."""
+    _check(tensors, c)
     rows = _fused.row_space(tensors, has_dim)
     outs = [torch.empty(rows.shape + s, dtype=d, device=c.device)
             for s, d in zip(out_shapes, out_dtypes)]
@@ -406,26 +410,3 @@ def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
-def run_forward(entry: _fused.Entry, inputs, c, out_dtype):
-    _check(inputs, c)
-    layout = entry.layout
-    shape = () if layout.outputs is None else (layout.outputs,)
-    has_dim = [n is not None for n in layout.inputs]
-    (out,), _ = _run(entry, inputs, has_dim, c, None, [shape], [out_dtype], 0)
-    return out
-
-
-def run_backward(entry: _fused.Entry, inputs, c, grad, needs):
-    _check(inputs, c)
-    layout = entry.layout
-    has_dim = [n is not None for n in layout.inputs] + [layout.outputs is not None]
-    shapes, dtypes = [], []
-    for x, n, need in zip(inputs, layout.inputs, needs):
-        if need:
-            shapes.append(() if n is None else (n,))
-            dtypes.append(x.dtype)
-    n_sums = entry.forward.n_constants if needs[-1] else 0
-    outs, sums = _run(entry, [*inputs, grad], has_dim, c, needs, shapes, dtypes, n_sums)
-    if needs[-1]:
-        outs.append(sums.sum(0).to(c.dtype))
-    return outs

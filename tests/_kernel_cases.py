@@ -33,14 +33,20 @@ SPECIAL = [0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -3.0, 1e-3, -1e-3, 1e-30, 30.0,
            -100.0, float("inf"), float("-inf"), float("nan")]
 
 
-def build(texts, layout: Layout | None = None, kernel: str = "auto"):
-    """(exprs, lowered, constants) for equation texts over x0..x2 (one output per text)."""
-    exprs = [parse(t, S) for t in texts]
+def templates(exprs):
+    """(templates, constants) of a region's equations, constants numbered across outputs."""
     temps, vals = [], []
     for e in exprs:
         t, v = templatize(e, len(vals))
         temps.append(t)
         vals.extend(v)
+    return temps, vals
+
+
+def build(texts, layout: Layout | None = None, kernel: str = "auto"):
+    """(exprs, lowered, constants) for equation texts over x0..x2 (one output per text)."""
+    exprs = [parse(t, S) for t in texts]
+    temps, vals = templates(exprs)
     layout = layout or Layout((3,), len(texts))
     return exprs, lower(temps, layout, X, len(vals), kernel), torch.tensor(vals, dtype=torch.float64)
 
@@ -143,9 +149,25 @@ def random_region(texts):
     assume(not any(e.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo, sympy.I) for e in exprs))
     assume(all(s.is_real is not False for e in exprs for s in sympy.preorder_traversal(e)
                if not s.free_symbols))
-    temps, vals = [], []
-    for e in exprs:
-        t, v = templatize(e, len(vals))
-        temps.append(t)
-        vals.extend(v)
-    return temps, vals
+    return templates(exprs)
+
+
+def check_torch_compile(kernel: str, device: str = "cpu", backend: str = "aot_eager"):
+    """A fused region inside a ``torch.compile``-d function: values and gradients (inputs and
+    constants) equal to the same function run eagerly."""
+    _, f, c = build(["1.3*x0*x1 + sin(0.7*x0)", "exp(-0.5*x1^2)*x2"], kernel=kernel)
+    c = c.float().to(device).requires_grad_(True)
+
+    def model(x, c):
+        return (f(x, c) * 2).square().sum(-1)
+
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    x = torch.randn(500, 3, device=device, requires_grad=True)
+    results = []
+    for fn in (compiled, model):
+        x.grad, c.grad = None, None
+        y = fn(x, c)
+        y.sum().backward()
+        results.append((y.detach(), x.grad.clone(), c.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
