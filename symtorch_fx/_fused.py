@@ -344,7 +344,7 @@ def run_backward(backend, entry: Entry, inputs, c, grad, needs):
     n_sums = entry.forward.n_constants if needs[-1] else 0
     outs, sums = backend.run(entry, [*inputs, grad], has_dim, c, needs, shapes, dtypes, n_sums)
     if needs[-1]:
-        outs.append(sums.sum(0).to(c.dtype))
+        outs.append(sums[:, :n_sums].sum(0).to(c.dtype))
     return outs
 
 

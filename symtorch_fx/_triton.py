@@ -292,7 +292,7 @@ def source(program: _fused.Program, name: str) -> str:
     n_sums = len(program.sums)
     for s, e in enumerate(program.sums):
         code = printer(e)
-        printer.lines.append(f"    tl.store(s_ptr + pid * {n_sums} + {s}, "
+        printer.lines.append(f"    tl.store(s_ptr + pid * {max(n_sums, 1)} + {s}, "
                              f"tl.sum(tl.where(m, {code}, 0.0), axis=0))")
     return "\n".join(lines + printer.lines) + "\n"
 
@@ -392,7 +392,10 @@ def run(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums):
     program = entry.program(needs)
     block, warps = _launch_config(program, rows.n)
     grid = (triton_cdiv(rows.n, block),)
-    sums = torch.zeros((max(grid[0], 1), n_sums), dtype=torch.float32, device=c.device)
+    # (at least one column: Triton's launcher may reject the null pointer of an empty tensor)
+    sums = torch.zeros((max(grid[0], 1), max(n_sums, 1)), dtype=torch.float32, device=c.device)
+    if c.numel() == 0:
+        c = torch.zeros(1, dtype=c.dtype, device=c.device)
     if rows.n:
         used = sorted({r.tensor for r in program.reads})
         args = []

@@ -117,12 +117,12 @@ def test_broadcast_and_featureless_inputs():
     layout = Layout((2, None), 2)
     f = lower(exprs, layout, syms, 0, "cpp")
     ft = lower(exprs, layout, syms, 0, "torch")
-    c = torch.zeros(0)
+    c = torch.zeros(0, requires_grad=True)  # no constants, still a parameter
     x = torch.randn(5, 1, 2)
     t = torch.randn(7)  # broadcasts against x's (5, 1) leading dims
     out = f(x, t, c)
     assert out.shape == (5, 7, 2)
-    torch.testing.assert_close(out, ft(x, t, c))
+    torch.testing.assert_close(out, ft(x, t, c).detach())
     # gradients of a broadcast input are summed back to its shape
     xx, tt = x.clone().requires_grad_(True), t.clone().requires_grad_(True)
     f(xx, tt, c).sum().backward()
@@ -130,6 +130,7 @@ def test_broadcast_and_featureless_inputs():
     ft(xr, tr, c).sum().backward()
     torch.testing.assert_close(xx.grad, xr.grad)
     torch.testing.assert_close(tt.grad, tr.grad)
+    assert c.grad.shape == (0,)
 
 
 def test_more_than_two_unmergeable_levels_still_compute():
