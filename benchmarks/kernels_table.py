@@ -12,6 +12,9 @@ Three expressions (small: ~5 nodes, 1 output; medium: ~20 nodes, 2 outputs; larg
   SymTorch and PySR's torch export evaluate equations;
 * ``inductor``: the same torch code under ``torch.compile`` (default mode), on the same
   row-major ``(N, F)`` input;
+* ``inductor-cols``: the same compiled code on an input whose columns are contiguous
+  (``x.t().contiguous().t()``, converted before timing): what inductor does when the layout
+  suits it, for reference;
 * ``mlp64`` / ``mlp256``: the neural subgraph the equations replace, ``F -> w -> w -> outputs``
   with SiLU (on CPU only up to 2^20 rows: at 2^24 rows one activation of width 256 is 16 GiB).
 
@@ -50,7 +53,7 @@ SUITE = {
                   "atan(x2*x7) + erf(0.5*x0)",
                   "max(x3, 0)*x4 - min(x5, x6)^2 + cos(x1 + x2)"]),
 }
-METHODS = ["fused", "eager", "inductor", "mlp64", "mlp256"]
+METHODS = ["fused", "eager", "inductor", "inductor-cols", "mlp64", "mlp256"]
 
 
 class Case:
@@ -87,6 +90,9 @@ class Case:
             return lambda: self.eager(x, c)
         if method == "inductor":
             return lambda: self.compiled(x, c)
+        if method == "inductor-cols":
+            xc = x.t().contiguous().t()
+            return lambda: self.compiled(xc, c)
         mlp = self.mlps[int(method[3:])].to(x.device)
         return lambda: mlp(x)
 
@@ -170,6 +176,25 @@ def table(sizes, repeat: int, device: str, methods=METHODS, backward: bool = Tru
     return "\n".join(lines)
 
 
+def crossover(repeat: int, device: str = "cpu") -> str:
+    """Small batches: where the fused kernel's fixed cost (custom op, launch) stops mattering,
+    which sets ``AUTO_CPP_MIN_ROWS``."""
+    torch.set_grad_enabled(False)
+    lines = ["| expression | rows | eager | fused (cpp) | eager / fused |", "|---|---|---|---|---|"]
+    for name in ("small", "medium"):
+        case = Case(name)
+        cpp = lower(case.fused.templates, case.fused.layout, case.fused.variables,
+                    case.fused.n_constants, "cpp")
+        for p in (6, 8, 10, 12, 14):
+            x = torch.randn(1 << p, case.n_in, device=device)
+            c = case.c.to(device)
+            te = timeit(lambda: case.eager(x, c), repeat * 20, device)
+            tf = timeit(lambda: cpp(x, c), repeat * 20, device)
+            lines.append(f"| {name} | 2^{p} | {te * 1e6:.1f} us | {tf * 1e6:.1f} us | "
+                         f"{te / tf:.2f}x |")
+    return "\n".join(lines)
+
+
 def _ms(t: float) -> str:
     return f"{t * 1e3:.3f} ms" if t < 1 else f"{t:.2f} s"
 
@@ -189,7 +214,12 @@ def main(argv=None):
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--no-backward", action="store_true")
     ap.add_argument("--out", help="also write the table (markdown) here")
+    ap.add_argument("--crossover", action="store_true",
+                    help="instead: eager vs the C++ kernel on small CPU batches")
     args = ap.parse_args(argv)
+    if args.crossover:
+        print(f"{describe('cpu')}\n\n{crossover(args.repeat)}")
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     text = (f"{describe(args.device)}; repeat {args.repeat}\n\n"
             + table(sizes, args.repeat, args.device, args.methods.split(","),

@@ -197,17 +197,21 @@ class Rows:
 
 def row_space(tensors: Sequence[torch.Tensor], has_dim: Sequence[bool]) -> Rows:
     leads = [tuple(t.shape[:-1]) if d else tuple(t.shape) for t, d in zip(tensors, has_dim)]
-    try:
-        shape = tuple(torch.broadcast_shapes(*leads))
-    except RuntimeError as exc:
-        raise SymTorchFXError(
-            f"the inputs' leading shapes {leads} do not broadcast against each other") from exc
+    shape = leads[0]
+    if any(lead != shape for lead in leads):
+        try:
+            shape = tuple(torch.broadcast_shapes(*leads))
+        except RuntimeError as exc:
+            raise SymTorchFXError(
+                f"the inputs' leading shapes {leads} do not broadcast against each other"
+            ) from exc
     tensors = list(tensors)
     for _ in range(2):
         per = []
-        for t, d in zip(tensors, has_dim):
-            full = t.expand(shape + ((t.shape[-1],) if d else ()))
-            per.append((full.stride()[: len(shape)], full.stride()[-1] if d else 0))
+        for t, d, lead in zip(tensors, has_dim, leads):
+            full = t if lead == shape else t.expand(shape + ((t.shape[-1],) if d else ()))
+            st = full.stride()
+            per.append((st[: len(shape)], st[-1] if d else 0))
         dims = _merge(shape, [s for s, _ in per])
         if len(dims) <= 2:
             break

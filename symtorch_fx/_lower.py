@@ -354,12 +354,10 @@ class Lowered:
         *inputs, c = args
         kind = self.choose(inputs, c)
         if kind in ("triton", "cpp"):
-            from . import _fused
-
             dtype = out_dtype or torch.promote_types(inputs[0].dtype, c.dtype)
             if kind == "cpp" and self.kernel == "auto":
                 try:
-                    return _fused.fused(list(inputs), c, self.entry.key, kind, dtype)
+                    return self._fused(inputs, c, kind, dtype)
                 except SymTorchFXError as exc:
                     if "compiling the fused CPU kernel failed" not in str(exc):
                         raise
@@ -368,7 +366,7 @@ class Lowered:
                     self._cpp_failed = True
                     warn_unavailable(str(exc).splitlines()[0])
             else:
-                return _fused.fused(list(inputs), c, self.entry.key, kind, dtype)
+                return self._fused(inputs, c, kind, dtype)
         if kind == "inductor":
             if self._compiled is None:
                 self._compiled = torch.compile(self.torch_fn, fullgraph=True)
@@ -376,6 +374,16 @@ class Lowered:
         else:
             y = self.torch_fn(*inputs, c)
         return y if out_dtype is None else y.to(out_dtype)
+
+
+    def _fused(self, inputs, c, kind: str, dtype: torch.dtype):
+        from . import _fused
+
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, c))
+        if grad or torch.compiler.is_compiling() or inputs[0].device.type not in ("cpu", "cuda"):
+            return _fused.fused(list(inputs), c, self.entry.key, kind, dtype)
+        # nothing to record or trace: skip the custom op's dispatch (about 15 us a call)
+        return _fused.run_forward(_fused._backend(kind), self.entry, list(inputs), c, dtype)
 
 
 def lower(templates, layout: Layout, variables, n_constants: int, kernel: str = "auto"):
