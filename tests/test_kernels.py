@@ -102,6 +102,7 @@ def test_strided_inputs_are_read_in_place():
         "transposed leading dims": base.transpose(0, 1)[..., :3],
         "stepped rows": base[::2, ::5, 1:4],
         "column-major": torch.randn(3, 999).t(),
+        "two levels, many rows (threads)": torch.randn(300, 200, 4).transpose(0, 1)[..., 1:],
     }
     for name, x in cases.items():
         rows = _fused.row_space([x], [True])
