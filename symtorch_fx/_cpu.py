@@ -11,8 +11,9 @@ vector math torch's own CPU kernels use. Arithmetic is float64 when an input or 
 float64, float32 otherwise. Rows are split over ``torch.get_num_threads()`` OpenMP threads in
 chunks; sums over rows (the constants' gradients) are per-thread, added in a fixed order.
 
-The source is compiled once with the system's C++ compiler against torch's headers (about 2 s)
-and cached on disk by its hash (``$SYMTORCH_FX_CACHE``, default ``~/.cache/symtorch_fx``); the
+The source is compiled once with the system's C++ compiler against torch's headers (under a
+second with GCC, whose precompiled header of ``at::vec`` is built once, in a few seconds) and
+cached on disk by its hash (``$SYMTORCH_FX_CACHE``, default ``~/.cache/symtorch_fx``); the
 library is called through ``ctypes`` with one packed argument vector. Constants are read from a
 tensor, so tuning them never recompiles.
 """
@@ -171,7 +172,6 @@ def source(program: _fused.Program, compute: torch.dtype, in_dtypes, out_dtypes,
     unpack.append(f"  double* sums = reinterpret_cast<double*>(a[{k}]);")
     unpack.append(f"  const int64_t n = a[{k + 1}], n_inner = a[{k + 2}];")
     unpack.append(f"  const int threads = static_cast<int>(a[{k + 3}]);")
-    unpack.append(f"  const bool two = a[{k + 4}] != 0;")
 
     names: dict[sympy.Symbol, str] = {}
     consts = [f"  const V k{j}(cv[{j}]);" for j in program.constants]

@@ -392,8 +392,10 @@ def run(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums):
     program = entry.program(needs)
     block, warps = _launch_config(program, rows.n)
     grid = (triton_cdiv(rows.n, block),)
-    # (at least one column: Triton's launcher may reject the null pointer of an empty tensor)
-    sums = torch.zeros((max(grid[0], 1), max(n_sums, 1)), dtype=torch.float32, device=c.device)
+    # per-program partial sums, every one written by the kernel (no fill on the hot path); at
+    # least one column: Triton's launcher may reject the null pointer of an empty tensor
+    shape = (max(grid[0], 1), max(n_sums, 1))
+    sums = (torch.empty if rows.n else torch.zeros)(shape, dtype=torch.float32, device=c.device)
     if c.numel() == 0:
         c = torch.zeros(1, dtype=c.dtype, device=c.device)
     if rows.n:
