@@ -24,6 +24,7 @@ from ._instrument import Recorder
 from ._model import SymbolicModel
 from ._operon import Operon
 from ._pysr import PySR
+from ._reduce import PCA, LearnedProjection, Projection
 from ._rewrite import SymbolicModule
 from ._serialize import load, save
 from ._targets import Pattern, pattern
@@ -33,7 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "compile", "prepare", "convert", "restore", "run", "save", "load",
     "pattern", "Pattern",
-    "Engine", "Operon", "PySR",
+    "Engine", "Operon", "PySR", "PCA", "LearnedProjection", "Projection",
     "Equation", "Equations", "ParetoFront", "RegionEquations",
     "SymbolicModel", "SymbolicModule", "Recorder",
     "SymTorchFXError", "TargetError", "UntraceableModelError", "RecordingError",

@@ -14,7 +14,6 @@ import math
 import os
 import re
 
-import sympy
 import torch
 import torch.nn as nn
 
@@ -23,6 +22,7 @@ from ._errors import EquationSyntaxError, SerializationError
 from ._expr import complexity, parse, variable
 from ._lower import Layout
 from ._match import Region, Site, bind_module_sites, op_key
+from ._reduce import Projection
 from ._model import RegionResult, State, attach, state_of
 from ._rewrite import GraphHost, SwapHost, SymbolicModule
 from ._trace import trace
@@ -62,6 +62,7 @@ def save(sym: nn.Module, path: str | os.PathLike) -> None:
             "out_dtype": str(m.out_dtype).removeprefix("torch."),
             "kernel": m.kernel,
             "variables": list(res.variables),
+            "projection": m.projection.to_json() if m.projection is not None else None,
             "mode": st.modes[name],
             "fronts": [{
                 "output": f.output,
@@ -118,13 +119,14 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         host = SwapHost(model, regions)
 
     results, modes = {}, {}
-    for region, layout, variables, fronts, arg_mask, dtype, kernel, mode in parsed:
+    for region, layout, variables, fronts, arg_mask, dtype, kernel, mode, projection in parsed:
         module = SymbolicModule(region.name, layout, variables, arg_mask, dtype,
-                                [f.equation.expr for f in fronts], kernel)
+                                [f.equation.expr for f in fronts], kernel, projection)
         p = next(model.parameters(), None)
         if p is not None:
             module.to(p.device)
-        results[region.name] = RegionResult(region, variables, fronts, module)
+        info = {"projection": projection.describe()} if projection is not None else {}
+        results[region.name] = RegionResult(region, variables, fronts, module, info=info)
         modes[region.name] = mode
     sym = host.symbolic({k: r.module for k, r in results.items()}, modes)
     return attach(sym, State(host, results, modes))
@@ -149,9 +151,20 @@ def _parse_region(e: dict, path) -> tuple:
     _expect(outs is None or (isinstance(outs, int) and outs > 0), f"{where}: bad output layout")
     layout = Layout(tuple(ins), outs)
     variables = e.get("variables")
-    _expect(isinstance(variables, list) and len(variables) == layout.n_features
+    projection = None
+    if e.get("projection") is not None:
+        try:
+            projection = Projection.from_json(e["projection"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise SerializationError(f"{where}: bad projection ({err})") from err
+        _expect(projection.in_basis.shape[0] == layout.n_features
+                and projection.out_basis.shape[0] == layout.n_outputs,
+                f"{where}: the projection does not fit the region's layout")
+    n_vars = layout.n_features if projection is None else projection.n_inputs
+    n_outs = layout.n_outputs if projection is None else projection.n_outputs
+    _expect(isinstance(variables, list) and len(variables) == n_vars
             and all(isinstance(v, str) and _IDENT.match(v) for v in variables),
-            f"{where}: variables must be {layout.n_features} identifiers")
+            f"{where}: variables must be {n_vars} identifiers")
     _expect(len(set(variables)) == len(variables), f"{where}: repeated variable names")
     dtype = _DTYPES.get(e.get("out_dtype"))
     _expect(dtype is not None, f"{where}: unknown out_dtype {e.get('out_dtype')!r}")
@@ -164,8 +177,8 @@ def _parse_region(e: dict, path) -> tuple:
     _expect(isinstance(kernel, str), f"{where}: bad kernel")
     symbols = {v: variable(v) for v in variables}
     fronts_doc = e.get("fronts")
-    _expect(isinstance(fronts_doc, list) and len(fronts_doc) == layout.n_outputs,
-            f"{where}: expected {layout.n_outputs} fronts")
+    _expect(isinstance(fronts_doc, list) and len(fronts_doc) == n_outs,
+            f"{where}: expected {n_outs} fronts")
     fronts = []
     for fd in fronts_doc:
         eqs = []
@@ -196,7 +209,7 @@ def _parse_region(e: dict, path) -> tuple:
     _expect(kind == "pattern" or isinstance(module, str), f"{where}: no module path")
     region = Region(name=name, kind=kind, spec="loaded", sites=sites or [Site(module=module)],
                     module=module, ops=[str(o) for o in e.get("ops") or []])
-    return region, layout, tuple(variables), fronts, tuple(arg_mask), dtype, kernel, mode
+    return region, layout, tuple(variables), fronts, tuple(arg_mask), dtype, kernel, mode, projection
 
 
 def _check_pattern_sites(gm, regions, path) -> None:
