@@ -9,6 +9,7 @@
 """
 
 from ._api import compile, convert, prepare, restore, run
+from ._backend import Backend, backend
 from ._engine import Engine
 from ._equations import Equation, Equations, ParetoFront, RegionEquations
 from ._errors import (
@@ -33,7 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "compile", "prepare", "convert", "restore", "run", "save", "load",
-    "pattern", "Pattern",
+    "pattern", "Pattern", "backend", "Backend",
     "Engine", "Operon", "PySR", "PCA", "LearnedProjection", "Projection",
     "Equation", "Equations", "ParetoFront", "RegionEquations",
     "SymbolicModel", "SymbolicModule", "Recorder",

@@ -95,6 +95,12 @@ class SymbolicModule(nn.Module):
         self.constants = nn.Parameter(torch.tensor(values, dtype=dtype, device=old.device))
         self._fn = lower(templates, self.eq_layout, self.symbols, len(values), self.kernel)
 
+    def set_kernel(self, kernel: str) -> None:
+        """Run the same equations (and the same constants parameter) with another kernel."""
+        self.kernel = kernel
+        self._fn = lower(self.templates, self.eq_layout, self.symbols, self.constants.numel(),
+                         kernel)
+
     def equations(self) -> list[sympy.Expr]:
         """The current equations, with the current (possibly fine-tuned) constants."""
         return [substitute(t, self.constants.detach().cpu().double().tolist())
@@ -149,6 +155,26 @@ class SymbolicModule(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
+def replace_sites(g: fx.Graph, regions: list[Region], target) -> None:
+    """Replace every site of ``regions`` in ``g`` by one ``call_module(target(region))`` taking
+    the site's data inputs; the site's nodes, and weights only they used, are erased."""
+    by_name = {n.name: n for n in g.nodes}
+    for region in regions:
+        for site in region.sites:
+            out = by_name[site.output]
+            with g.inserting_before(out):
+                new = g.call_module(target(region), tuple(by_name[a] for a in site.inputs))
+            out.replace_all_uses_with(new)
+            body = [by_name[n] for n in site.nodes]
+            attrs = {a for n in body for a in n.all_input_nodes if a.op == "get_attr"}
+            for n in reversed(body):
+                g.erase_node(n)
+            for a in attrs:
+                if not a.users:
+                    g.erase_node(a)
+    g.lint()
+
+
 class GraphHost:
     kind = "graph"
 
@@ -186,23 +212,7 @@ class GraphHost:
     def apply(self, gm: fx.GraphModule, modes: dict[str, str]) -> None:
         """Point ``gm`` at a fresh copy of the original graph with the symbolic regions swapped."""
         g = self._graph()
-        by_name = {n.name: n for n in g.nodes}
-        for region in self.regions:
-            if modes.get(region.name) != "symbolic":
-                continue
-            for site in region.sites:
-                out = by_name[site.output]
-                with g.inserting_before(out):
-                    new = g.call_module(self.path(region), tuple(by_name[a] for a in site.inputs))
-                out.replace_all_uses_with(new)
-                body = [by_name[n] for n in site.nodes]
-                attrs = {a for n in body for a in n.all_input_nodes if a.op == "get_attr"}
-                for n in reversed(body):
-                    g.erase_node(n)
-                for a in attrs:
-                    if not a.users:
-                        g.erase_node(a)
-        g.lint()
+        replace_sites(g, [r for r in self.regions if modes.get(r.name) == "symbolic"], self.path)
         gm.graph = g
         gm.recompile()
 
