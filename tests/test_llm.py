@@ -51,7 +51,7 @@ def test_surrogates_controls_and_measurements(tiny):
     mods = sym.symbolic_modules
     variants = {
         "symbolic": llm.swapped(model, mods),
-        "pca": llm.swapped(model, {p: llm.PCAOnly(model.get_submodule(p), m)
+        "pca": llm.swapped(model, {p: llm.PCAOnly(model.get_submodule(p), m.projection)
                                    for p, m in mods.items()}),
         "identity": llm.swapped(model, {p: llm.Identity() for p in mods}),
     }
