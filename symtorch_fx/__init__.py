@@ -26,6 +26,7 @@ from ._operon import Operon
 from ._pysr import PySR
 from ._rewrite import SymbolicModule
 from ._serialize import load, save
+from ._slime import Explanation, explain
 from ._targets import Pattern, pattern
 
 __version__ = "0.1.0"
@@ -38,4 +39,5 @@ __all__ = [
     "SymbolicModel", "SymbolicModule", "Recorder",
     "SymTorchFXError", "TargetError", "UntraceableModelError", "RecordingError",
     "EngineUnavailableError", "EquationSyntaxError", "SerializationError",
+    "explain", "Explanation",
 ]
