@@ -517,7 +517,9 @@ def _target(Y: np.ndarray, task: str, output, logits: bool):
 def _check_output(output, K: int, what: str) -> None:
     if isinstance(output, bool) or not isinstance(output, (int, np.integer)) \
             or not 0 <= output < K:
-        raise SymTorchFXError(f"{what} {output!r} does not exist: f returns {K} outputs (0..{K - 1})")
+        raise SymTorchFXError(
+            f"{what} {output!r} does not exist: f returns {K} outputs (0..{K - 1})"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -666,8 +668,9 @@ def refit_constants(texts: list[str], symbols: list[sympy.Symbol], X: np.ndarray
                     G = fn(x, torch.from_numpy(c)).numpy()
                 return sw * (G[:, 0] - yv), sw[:, None] * G[:, 1:]
 
-            c0 = np.asarray(values, np.float64)
-            c, improved = _levenberg_marquardt(residuals, c0, max_iter)
+            with np.errstate(all="ignore"):
+                c, improved = _levenberg_marquardt(residuals, np.asarray(values, np.float64),
+                                                   max_iter)
             if improved:
                 out.append(to_text(substitute(template, c.tolist())))
     return out
