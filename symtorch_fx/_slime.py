@@ -129,6 +129,11 @@ def explain(
         raise SymTorchFXError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(restarts, int) or restarts < 1:
         raise SymTorchFXError(f"restarts must be a positive integer, got {restarts!r}")
+    if isinstance(selection, str) and selection not in _select.RULES:
+        raise SymTorchFXError(
+            f"unknown selection {selection!r}; use one of {', '.join(_select.RULES)}, a "
+            "complexity (int) or a callable front -> index"
+        )
     names = _feature_names(feature_names, D)
     engine = Operon(**DEFAULT_ENGINE) if engine is None else engine
     if not hasattr(engine, "search"):

@@ -225,6 +225,8 @@ def test_other_bad_settings(data):
         sfx.explain(_f, data, data[0], variance=[1.0, 2.0])
     with pytest.raises(sfx.SymTorchFXError, match="task="):
         sfx.explain(_f, data, data[0], task="ranking")
+    with pytest.raises(sfx.SymTorchFXError, match="unknown selection 'simplest'"):
+        sfx.explain(_f, data, data[0], selection="simplest")
     with pytest.raises(sfx.SymTorchFXError, match="X must be a 2-d array"):
         sfx.explain(_f, data[:, 0], 0.0)
     with pytest.raises(sfx.SymTorchFXError, match="must be a callable"):
