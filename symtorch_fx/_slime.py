@@ -673,9 +673,12 @@ def refit_constants(texts: list[str], symbols: list[sympy.Symbol], X: np.ndarray
                     G = fn(x, torch.from_numpy(c)).numpy()
                 return sw * (G[:, 0] - yv), sw[:, None] * G[:, 1:]
 
-            with np.errstate(all="ignore"):
-                c, improved = _levenberg_marquardt(residuals, np.asarray(values, np.float64),
-                                                   max_iter)
+            try:
+                with np.errstate(all="ignore"):
+                    c, improved = _levenberg_marquardt(residuals, np.asarray(values, np.float64),
+                                                       max_iter)
+            except Exception:  # noqa: BLE001 - a refit is a polish: on failure keep the original
+                continue
             if improved:
                 out.append(to_text(substitute(template, c.tolist())))
     return out

@@ -149,6 +149,24 @@ def test_refit_is_a_weighted_least_squares_fit():
     assert equivalent(expr, 3 * s[0] + 1, digits=3)
 
 
+def test_refit_lowers_derivatives_with_numeric_common_subexpressions():
+    """Derivatives often share a pure number (here exp(2)); once it was a Python float in the
+    generated code and broke the output stack, which stopped an explanation mid-run."""
+    s = [sympy.Symbol("x0", real=True)]
+    X = np.linspace(0.1, 1, 50)[:, None]
+    y = np.exp(2) * X[:, 0] + 0.3
+    text = "exp(2)*1.1*x0 + sin(exp(2)) + 0.2"  # d/dc0 = exp(2)*x0, d/dc1 = 1
+    out = refit_constants([text], s, X, y, np.ones(50))
+    assert len(out) == 2
+    refit = sfx._expr.parse(out[1], {"x0": s[0]})
+    np.testing.assert_allclose(sfx.Equation(refit, 1, 0.0, tuple(s))(X), y, atol=1e-8)
+    fn = sfx._lower.torch_function([sympy.exp(2) * s[0], sympy.exp(2), sympy.sin(sympy.exp(2))],
+                                   sfx._lower.Layout((1,), 3), s, 0)
+    got = fn(torch.from_numpy(X), torch.zeros(0, dtype=torch.float64))
+    assert got.dtype == torch.float64 and got.shape == (50, 3)
+    assert float(got[0, 2]) == math.sin(math.exp(2))  # computed in float64, not float32
+
+
 def test_plot_and_a_clear_error_without_matplotlib(data, monkeypatch):
     pytest.importorskip("matplotlib")
     import matplotlib
