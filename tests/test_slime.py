@@ -14,7 +14,7 @@ import torch.nn as nn
 import symtorch_fx as sfx
 from conftest import equivalent, fast_engine
 from symtorch_fx._distill import build_front
-from symtorch_fx._slime import refit_constants
+from symtorch_fx._slime import _tame, refit_constants
 
 x0, x1, x2 = sympy.symbols("x0 x1 x2", real=True)
 
@@ -165,6 +165,21 @@ def test_refit_lowers_derivatives_with_numeric_common_subexpressions():
     got = fn(torch.from_numpy(X), torch.zeros(0, dtype=torch.float64))
     assert got.dtype == torch.float64 and got.shape == (50, 3)
     assert float(got[0, 2]) == math.sin(math.exp(2))  # computed in float64, not float32
+
+
+def test_candidates_must_hold_on_the_whole_neighbourhood():
+    """Finite on the samples is not enough: NaN (sqrt of a negative) or a pole anywhere on the
+    probe draws rules a candidate out."""
+    probe = np.linspace(-1, 1, 201)[:, None]
+    y = np.linspace(0.0, 1.0, 50)  # the black box's values on the samples
+
+    def eq(expr):
+        return sfx.Equation(expr, 1, 0.0, (x0,))
+
+    assert _tame(eq(0.5 * x0 + 0.5), probe, y)
+    assert _tame(eq(x0**2 + 2), probe, y)  # beyond the range, but by less than two ranges
+    assert not _tame(eq(sympy.sqrt(x0 + 0.5)), probe, y)
+    assert not _tame(eq(0.01 / (x0 - sympy.Float(0.3025))), probe, y)  # finite, but a pole
 
 
 def test_plot_and_a_clear_error_without_matplotlib(data, monkeypatch):
