@@ -354,7 +354,7 @@ class Explanation:
         ax1.plot(grid, self.predict(rows), color="C1", lw=2, ls="--", label="equation")
         ax1.axvline(self.x0[k], color="0.5", lw=1)
         ax1.set_xlabel(name)
-        ax1.set_title(f"through x0 along {name}")
+        ax1.set_title(f"through the explained point, along {name}")
         ax1.legend(fontsize="small")
         fig.suptitle(f"{self.front.output} ~ ${self.latex(3)}$", fontsize="medium")
         fig.tight_layout()
