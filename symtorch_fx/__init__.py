@@ -28,6 +28,7 @@ from ._pysr import PySR
 from ._reduce import PCA, LearnedProjection, Projection
 from ._rewrite import SymbolicModule
 from ._serialize import load, save
+from ._slime import Explanation, explain
 from ._targets import Pattern, pattern
 
 __version__ = "0.1.0"
@@ -40,4 +41,5 @@ __all__ = [
     "SymbolicModel", "SymbolicModule", "Recorder",
     "SymTorchFXError", "TargetError", "UntraceableModelError", "RecordingError",
     "EngineUnavailableError", "EquationSyntaxError", "SerializationError",
+    "explain", "Explanation",
 ]
