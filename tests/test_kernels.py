@@ -12,6 +12,7 @@ import torch
 from _kernel_cases import (
     OP_CASES,
     PHASES,
+    S,
     X,
     assert_close_where_defined,
     build,
@@ -246,6 +247,62 @@ def test_kernel_can_be_switched_on_a_module_and_survives_save_load(tmp_path, tra
 
 def test_compiles_with_torch_compile_forward_and_backward():
     check_torch_compile("cpp")
+
+
+def test_projection_region_runs_the_fused_kernel_between_its_matmuls():
+    # a wide region (16 -> 16 features) distilled between 3 input and 2 output components
+    from symtorch_fx._reduce import Projection
+
+    rng = np.random.default_rng(3)
+    proj = Projection(in_mean=rng.normal(size=16), in_basis=np.linalg.qr(rng.normal(
+        size=(16, 3)))[0], out_mean=rng.normal(size=16), out_basis=np.linalg.qr(rng.normal(
+            size=(16, 2)))[0], in_explained=0.9, out_explained=0.9)
+    eqs = [parse(t, S) for t in ("1.3*x0*x1 + sin(0.7*x2)", "exp(-0.5*x1^2) - x0")]
+    mod = sfx.SymbolicModule("wide", Layout((16,), 16), ("x0", "x1", "x2"), (True,),
+                             torch.float32, eqs, kernel="cpp", projection=proj)
+    assert mod._fn.layout == Layout((3,), 2)
+    x = torch.randn(AUTO_CPP_MIN_ROWS + 5, 16)
+    results = []
+    for kernel in ("cpp", "torch"):
+        mod.kernel = kernel
+        xg = x.clone().requires_grad_(True)
+        mod.constants.grad = None
+        y = mod(xg)
+        (y * torch.linspace(-1, 1, 16)).sum().backward()
+        results.append((y.detach(), xg.grad, mod.constants.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    mod.kernel = "auto"
+    assert mod._fn.choose([x[:, :3].contiguous()], mod.constants) == "cpp"
+
+
+def test_fused_kernel_inside_the_torch_compile_backend(distilled_law, trained_law, law_data):
+    # the custom op in an inductor graph: values and the constants' gradient as in eager mode
+    from torch._inductor.utils import run_and_get_code
+
+    (mod,) = [m for m in distilled_law.modules() if isinstance(m, sfx.SymbolicModule)]
+    x = law_data[0].repeat(2, 1)
+    torch._dynamo.reset()
+    try:
+        mod.kernel = "torch"
+        mod.constants.grad = None
+        distilled_law(x).square().sum().backward()
+        want, want_grad = distilled_law(x).detach(), mod.constants.grad.clone()
+        compiled = torch.compile(trained_law, backend=sfx.backend(equations=distilled_law,
+                                                                   kernel="cpp"))
+        assert mod.kernel == "cpp"
+        out, code = run_and_get_code(compiled, x)
+        assert "symtorch_fx.fused" in "\n".join(code)
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+        mod.constants.grad = None
+        out.square().sum().backward()
+        torch.testing.assert_close(mod.constants.grad, want_grad, rtol=1e-4, atol=1e-3)
+        with pytest.raises(SymTorchFXError, match="not one of"):
+            sfx.backend(equations=distilled_law, kernel="fast")
+    finally:
+        torch._dynamo.reset()
+        mod.kernel = "auto"
+        mod.constants.grad = None
 
 
 def test_opcheck():
