@@ -31,6 +31,7 @@ import torch
 
 from ._errors import SymTorchFXError
 from ._expr import constant_symbol, to_text
+from ._lower import fraction
 
 # ----------------------------------------------------------------------------------------------
 # systems
@@ -500,12 +501,7 @@ class KernelPrinter:
         if e.is_Mul:
             if e.args[0] == -1:
                 return self.neg(self(-e))
-            num, den = [], []
-            for f in e.args:
-                if f.is_Pow and f.exp.is_Number and f.exp < 0:
-                    den.append(f.base ** (-f.exp))
-                else:
-                    num.append(f)
+            num, den = fraction(e)
             code = " * ".join(self(f) for f in num) if num else self.lit(1.0)
             if den:
                 code = f"({code}) / ({' * '.join(self(f) for f in den)})"

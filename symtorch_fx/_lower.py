@@ -79,6 +79,18 @@ TORCH_UNARY: dict[type, str] = {
 }
 
 
+def fraction(mul: sympy.Mul) -> tuple[list[sympy.Expr], list[sympy.Expr]]:
+    """The factors of a product over and under the fraction bar (``x * y**-2`` -> ``[x], [y**2]``),
+    so printers emit one division instead of reciprocals."""
+    num, den = [], []
+    for f in mul.args:
+        if f.is_Pow and f.exp.is_Number and f.exp < 0:
+            den.append(f.base ** (-f.exp))
+        else:
+            num.append(f)
+    return num, den
+
+
 class _TorchPrinter:
     """Prints one sympy expression as a torch expression over named locals.
 
@@ -121,12 +133,7 @@ class _TorchPrinter:
             if e.args[0] == -1:  # -x: a negation, not a multiplication
                 c, t = self._p(-e)
                 return f"(-{c})", t
-            num, den = [], []
-            for f in e.args:
-                if f.is_Pow and f.exp.is_Number and f.exp < 0:
-                    den.append(f.base ** (-f.exp))
-                else:
-                    num.append(f)
+            num, den = fraction(e)
             parts = [self._p(f) for f in num] or [("1.0", False)]
             code = " * ".join(c for c, _ in parts)
             tensor = any(t for _, t in parts)
