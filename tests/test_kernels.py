@@ -4,6 +4,7 @@ torch code, gradients, layouts, dtypes, caching, torch.compile, and random expre
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -33,6 +34,19 @@ from symtorch_fx._expr import parse
 from symtorch_fx._lower import AUTO_CPP_MIN_ROWS, Layout, lower
 
 pytestmark = pytest.mark.skipif(not _cpu.available(), reason="needs a C++ compiler on Linux")
+
+
+def test_operator_cases_cover_the_whole_vocabulary():
+    # an operator added to the grammar must be added to OP_CASES (and so to every printer)
+    from symtorch_fx._ops import FUNCTIONS, PRINT_NAMES
+    from symtorch_fx._triton import TritonPrinter
+
+    used = {name for text in OP_CASES for name in re.findall(r"([a-z0-9]+)\(", text)}
+    assert sorted(set(FUNCTIONS) - used) == []
+    for printer in (_cpu.CppPrinter, TritonPrinter):
+        missing = [f.__name__ for f in PRINT_NAMES
+                   if f not in printer.UNARY and f not in (sympy.Min, sympy.Max)]
+        assert missing == [], printer.__name__
 
 
 def test_every_operator_matches_float64_reference_and_torch_code():
