@@ -171,7 +171,10 @@ def convert(
         executor: ``"processes"`` (default when there are several jobs), ``"threads"``,
             ``"inline"``, a ``concurrent.futures.Executor``, or a ``dask.distributed.Client``.
         validation: fraction of recorded rows held out to measure each equation's loss.
-        kernel: how equations run (``"auto"``, ``"torch"``).
+        kernel: how equations run: ``"auto"`` (the fused Triton kernel on CUDA, the fused C++
+            kernel on CPU batches of 4096+ rows, the torch code otherwise), ``"torch"``,
+            ``"triton"``, ``"cpp"`` or ``"inductor"``; ``SymbolicModule.kernel`` switches it
+            later. See README, "Running the equations".
     """
     st = _prepared_state(prepared)
     results = distill_recordings(

@@ -22,7 +22,8 @@ Two ways to use it:
       compiled(batch)                           # symbolic, compiled by inductor
 
 The rewritten graph goes to inductor (or to ``compiler=``). The equations are lowered as plain
-torch ops, so inductor fuses them with their neighbours. Training works through aot_autograd:
+torch ops, so inductor fuses them with their neighbours (``kernel=`` picks a fused kernel instead,
+a custom op in the graph). Training works through aot_autograd:
 the remaining neural parameters and the equations' constants both get gradients.
 """
 
@@ -71,13 +72,22 @@ class Backend:
             path of a file written by ``sfx.save``. Without it the backend records.
         model: the model being compiled, needed only for predicate targets.
         compiler: what compiles the rewritten graphs (``"inductor"``, ``"eager"``, a backend).
+        kernel: how the equations run inside the compiled graphs. ``"torch"`` (default): plain
+            torch ops, which inductor fuses with their neighbours. ``"auto"``, ``"cpp"``,
+            ``"triton"``: the fused kernel as one custom op in the graph (see README, "Running
+            the equations"). The modules of ``equations`` are switched to it.
         **distill_kwargs: defaults for :meth:`distill` (engine, selection, reduce, ...).
     """
 
     def __init__(self, targets=None, equations=None, *, model: nn.Module | None = None,
-                 compiler="inductor", max_samples: int = 10_000, seed: int = 0,
-                 **distill_kwargs):
+                 compiler="inductor", kernel: str = "torch", max_samples: int = 10_000,
+                 seed: int = 0, **distill_kwargs):
+        from ._lower import KERNELS
+
+        if kernel not in KERNELS:
+            raise SymTorchFXError(f"kernel={kernel!r} is not one of {', '.join(KERNELS)}")
         self.compiler = compiler
+        self.kernel = kernel
         self._compile = _compiler(compiler)
         self.model = model
         self.max_samples = max_samples
@@ -94,7 +104,7 @@ class Backend:
         self._lock = threading.Lock()
         if equations is not None:
             for name, res in _results_from(equations).items():
-                res.module.set_kernel("torch")  # plain torch ops: inductor fuses them
+                res.module.set_kernel(kernel)
                 self.results[name] = res
                 self.modes[name] = res.info.get("mode", "symbolic")
         if targets is None and not self.results:
@@ -181,7 +191,7 @@ class Backend:
                 "nothing was recorded: run data through the torch.compile'd model first "
                 f"(targets: {', '.join(s.describe() for s in self.specs)})"
             )
-        settings = {**self.distill_kwargs, **kwargs, "kernel": "torch"}
+        settings = {**self.distill_kwargs, **kwargs, "kernel": self.kernel}
         regions = [self.regions[n] for n in got]
         for n in got:
             self.recorders[n].input_names = _input_names(self.regions[n])

@@ -6,8 +6,9 @@ parameter vector ``c``, so tuning them never regenerates code and gradients reac
 is generated from sympy trees through the op table below; only whitelisted constructs are emitted,
 and local names are positional (``v3``, ``t0``), never taken from user or file text.
 
-``lower()`` is the seam for other kernels: ``kernel="torch"`` is this printer; the fused Triton
-kernel (GPU) plugs in beside it.
+``lower()`` is the seam for the other kernels: ``kernel="torch"`` is this printer; the fused
+kernels (``_triton`` on GPU, ``_cpu`` on CPU, sharing ``_fused``) and the torch code under
+``torch.compile`` plug in beside it, and :class:`Lowered` picks one per call.
 """
 
 from __future__ import annotations
@@ -78,6 +79,18 @@ TORCH_UNARY: dict[type, str] = {
 }
 
 
+def fraction(mul: sympy.Mul) -> tuple[list[sympy.Expr], list[sympy.Expr]]:
+    """The factors of a product over and under the fraction bar (``x * y**-2`` -> ``[x], [y**2]``),
+    so printers emit one division instead of reciprocals."""
+    num, den = [], []
+    for f in mul.args:
+        if f.is_Pow and f.exp.is_Number and f.exp < 0:
+            den.append(f.base ** (-f.exp))
+        else:
+            num.append(f)
+    return num, den
+
+
 class _TorchPrinter:
     """Prints one sympy expression as a torch expression over named locals.
 
@@ -120,12 +133,7 @@ class _TorchPrinter:
             if e.args[0] == -1:  # -x: a negation, not a multiplication
                 c, t = self._p(-e)
                 return f"(-{c})", t
-            num, den = [], []
-            for f in e.args:
-                if f.is_Pow and f.exp.is_Number and f.exp < 0:
-                    den.append(f.base ** (-f.exp))
-                else:
-                    num.append(f)
+            num, den = fraction(e)
             parts = [self._p(f) for f in num] or [("1.0", False)]
             code = " * ".join(c for c, _ in parts)
             tensor = any(t for _, t in parts)
@@ -290,11 +298,108 @@ def evaluate(
     return fn(X, torch.zeros(0, dtype=X.dtype))
 
 
-KERNELS = ("auto", "torch")
+KERNELS = ("auto", "torch", "triton", "cpp", "inductor")
+
+# ``auto`` on CPU runs the generated C++ kernel from this many rows on (below it, the torch
+# code's few microseconds per op cost less than the custom op's call; measured, see
+# benchmarks/RESULTS.md)
+AUTO_CPP_MIN_ROWS = 4096
+
+
+class Lowered:
+    """A region's equations as a callable ``f(*inputs, c, out_dtype=None)``; the kernel is chosen
+    per call, because ``"auto"`` depends on the device the inputs are on.
+
+    ``kernel``:
+
+    * ``"auto"``: the fused Triton kernel on CUDA tensors (float32/16/bfloat16), the fused C++
+      kernel on CPU tensors (from ``AUTO_CPP_MIN_ROWS`` rows, when a C++ compiler is present),
+      the torch code otherwise.
+    * ``"torch"``: the generated torch code (any device, any dtype, differentiable to any order;
+      inlined and fused with its neighbours when the whole model is ``torch.compile``-d).
+    * ``"triton"``: the fused Triton kernel (``_triton``); ``"cpp"``: the fused C++ kernel
+      (``_cpu``). Both have a generated backward kernel (first derivatives) and run through
+      ``torch.library`` custom ops, so they work in eager mode and inside ``torch.compile``.
+    * ``"inductor"``: the torch code under ``torch.compile``.
+
+    The result has dtype ``out_dtype`` (default: the torch code's promotion of ``i0`` and ``c``),
+    written directly by the fused kernels.
+    """
+
+    def __init__(self, templates, layout: Layout, variables, n_constants: int, kernel: str):
+        self.templates = list(templates)
+        self.layout = layout
+        self.variables = list(variables)
+        self.n_constants = n_constants
+        self.kernel = kernel
+        self.torch_fn = torch_function(self.templates, layout, self.variables, n_constants)
+        self.__symtorch_source__ = self.torch_fn.__symtorch_source__
+        from . import _fused
+
+        # registered now, not on first call: torch.compile traces the call, not sympy
+        self.entry = _fused.register(self.templates, self.layout, self.variables, n_constants)
+        self._compiled = None
+        self._cpp_failed = False
+
+    def choose(self, inputs, c) -> str:
+        """The kernel this call runs on."""
+        if self.kernel != "auto":
+            return self.kernel
+        x = inputs[0]
+        if x.device.type == "cuda":
+            from . import _triton
+
+            low = all(t.dtype in (torch.float32, torch.float16, torch.bfloat16)
+                      for t in (*inputs, c))
+            return "triton" if low and _triton.available() else "torch"
+        if x.device.type == "cpu" and not self._cpp_failed:
+            from . import _cpu
+
+            rows = x.numel() // (x.shape[-1] if self.layout.inputs[0] is not None else 1)
+            floats = all(t.dtype in _cpu.DTYPES for t in (*inputs, c))
+            if rows >= AUTO_CPP_MIN_ROWS and floats and _cpu.available():
+                return "cpp"
+        return "torch"
+
+    def __call__(self, *args, out_dtype: torch.dtype | None = None):
+        *inputs, c = args
+        kind = self.choose(inputs, c)
+        if kind in ("triton", "cpp"):
+            dtype = out_dtype or torch.promote_types(inputs[0].dtype, c.dtype)
+            if kind == "cpp" and self.kernel == "auto":
+                try:
+                    return self._fused(inputs, c, kind, dtype)
+                except SymTorchFXError as exc:
+                    if "compiling the fused CPU kernel failed" not in str(exc):
+                        raise
+                    from ._cpu import warn_unavailable
+
+                    self._cpp_failed = True
+                    warn_unavailable(str(exc).splitlines()[0])
+            else:
+                return self._fused(inputs, c, kind, dtype)
+        if kind == "inductor":
+            if self._compiled is None:
+                self._compiled = torch.compile(self.torch_fn, fullgraph=True)
+            y = self._compiled(*inputs, c)
+        else:
+            y = self.torch_fn(*inputs, c)
+        return y if out_dtype is None else y.to(out_dtype)
+
+
+    def _fused(self, inputs, c, kind: str, dtype: torch.dtype):
+        from . import _fused
+
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, c))
+        if grad or torch.compiler.is_compiling() or inputs[0].device.type not in ("cpu", "cuda"):
+            return _fused.fused(list(inputs), c, self.entry.key, kind, dtype)
+        # nothing to record or trace: skip the custom op's dispatch (about 15 us a call)
+        return _fused.run_forward(_fused._backend(kind), self.entry, list(inputs), c, dtype)
 
 
 def lower(templates, layout: Layout, variables, n_constants: int, kernel: str = "auto"):
-    """Lower a region's equations to a callable ``f(*inputs, c)`` for the chosen kernel."""
+    """Lower a region's equations to a callable ``f(*inputs, c, out_dtype=None)`` running on
+    ``kernel`` (see :class:`Lowered`)."""
     if kernel not in KERNELS:
         raise SymTorchFXError(f"kernel={kernel!r} is not one of {', '.join(KERNELS)}")
-    return torch_function(templates, layout, variables, n_constants)
+    return Lowered(templates, layout, variables, n_constants, kernel)

@@ -54,7 +54,7 @@ class SymbolicModule(nn.Module):
         self.variables = tuple(variables)
         self.arg_mask = tuple(arg_mask)
         self.out_dtype = out_dtype
-        self.kernel = kernel
+        self._kernel = kernel
         self.projection = projection
         if projection is None:
             self.eq_layout = layout
@@ -72,6 +72,17 @@ class SymbolicModule(nn.Module):
                                                            dtype=torch.float32))
         self.constants = nn.Parameter(torch.zeros(0))
         self.set_equations(equations)
+
+    @property
+    def kernel(self) -> str:
+        """How the equations run: ``"auto"``, ``"torch"``, ``"triton"``, ``"cpp"`` or
+        ``"inductor"`` (see ``_lower.Lowered``). Assigning it re-lowers the equations."""
+        return self._kernel
+
+    @kernel.setter
+    def kernel(self, value: str) -> None:
+        fn = lower(self.templates, self.eq_layout, self.symbols, self.constants.numel(), value)
+        self._kernel, self._fn = value, fn
 
     @property
     def symbols(self) -> list[sympy.Symbol]:
@@ -93,13 +104,12 @@ class SymbolicModule(nn.Module):
         dtype = old.dtype if old.dtype.is_floating_point else torch.float32
         self.templates = templates
         self.constants = nn.Parameter(torch.tensor(values, dtype=dtype, device=old.device))
-        self._fn = lower(templates, self.eq_layout, self.symbols, len(values), self.kernel)
+        self._fn = lower(templates, self.eq_layout, self.symbols, len(values), self._kernel)
 
     def set_kernel(self, kernel: str) -> None:
-        """Run the same equations (and the same constants parameter) with another kernel."""
+        """Run the same equations (and the same constants parameter) with another kernel (the
+        same as assigning ``kernel``)."""
         self.kernel = kernel
-        self._fn = lower(self.templates, self.eq_layout, self.symbols, self.constants.numel(),
-                         kernel)
 
     def equations(self) -> list[sympy.Expr]:
         """The current equations, with the current (possibly fine-tuned) constants."""
@@ -120,7 +130,7 @@ class SymbolicModule(nn.Module):
                     f"distilled for {w} features in the last dimension"
                 )
         if self.projection is None:
-            return self._fn(*data, self.constants).to(self.out_dtype)
+            return self._fn(*data, self.constants, out_dtype=self.out_dtype)
         cols = [a if w is not None else a.unsqueeze(-1) for a, w in zip(data, self.layout.inputs)]
         x = cols[0] if len(cols) == 1 else torch.cat(cols, -1)
         dt = torch.promote_types(x.dtype, self.in_basis.dtype)
@@ -148,8 +158,9 @@ class SymbolicModule(nn.Module):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self.__dict__.setdefault("_kernel", state.get("kernel", "auto"))
         self._fn = lower(self.templates, self.eq_layout, self.symbols, self.constants.numel(),
-                         self.kernel)
+                         self._kernel)
 
 
 # ----------------------------------------------------------------------------------------------
