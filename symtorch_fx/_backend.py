@@ -29,6 +29,8 @@ the remaining neural parameters and the equations' constants both get gradients.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import threading
 import warnings
@@ -42,7 +44,7 @@ from ._errors import SymTorchFXError, TargetError, nearest
 from ._instrument import Recorder, insert_recorders
 from ._match import Region, dynamo_path, match_dynamo
 from ._model import RegionResult, SymbolicModel
-from ._rewrite import replace_sites
+from ._rewrite import SymbolicModule, replace_sites
 from ._targets import normalize
 
 
@@ -104,7 +106,8 @@ class Backend:
         self._lock = threading.Lock()
         if equations is not None:
             for name, res in _results_from(equations).items():
-                res.module.set_kernel(kernel)
+                if res.module.kernel != kernel:  # the caller's model keeps its own kernel
+                    res = dataclasses.replace(res, module=_rekerneled(res.module, kernel))
                 self.results[name] = res
                 self.modes[name] = res.info.get("mode", "symbolic")
         if targets is None and not self.results:
@@ -293,6 +296,16 @@ class _CompiledGraph:
 def _input_names(region: Region) -> list[str]:
     names = region.sites[0].inputs
     return [n[2:-1] if n.startswith("l_") and n.endswith("_") else n for n in names]
+
+
+def _rekerneled(module: SymbolicModule, kernel: str) -> SymbolicModule:
+    """``module`` running on another kernel. It shares the constants (and projections), so
+    training through the compiled model tunes the same parameters the symbolic model shows."""
+    twin = copy.copy(module)
+    for attr in ("_parameters", "_buffers", "_modules"):
+        setattr(twin, attr, getattr(module, attr).copy())
+    twin.kernel = kernel
+    return twin
 
 
 def _results_from(equations) -> dict[str, RegionResult]:

@@ -41,6 +41,16 @@ def test_apply_equations_from_a_converted_model(distilled_law, trained_law, law_
         torch.testing.assert_close(compiled(X[:256]), trained_law(X[:256]))
 
 
+def test_backend_kernel_leaves_the_symbolic_model_alone(distilled_law):
+    mine = distilled_law.symbolic_modules["mlp"]
+    before = mine.kernel
+    other = "cpp" if before != "cpp" else "torch"
+    be = sfx.backend(equations=distilled_law, kernel=other)
+    theirs = be.results["mlp"].module
+    assert mine.kernel == before and theirs.kernel == other
+    assert theirs.constants is mine.constants  # training through the backend tunes the model's
+
+
 def test_named_backend_with_a_saved_file(tmp_path, distilled_law, trained_law, law_data):
     X, _ = law_data
     path = tmp_path / "law.sfx"
