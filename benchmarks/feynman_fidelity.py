@@ -176,7 +176,17 @@ def _closed_form(v: float) -> sympy.Expr:
 
 
 def exact_form(expr, law, seed: int = 11) -> tuple[bool, str]:
-    """(whether ``expr`` has the law's exact form, the refit equation or why not)."""
+    """(whether ``expr`` has the law's exact form, the law as read off it, or why not).
+
+    1. Constants the equation does not need are rounded to zero: greedily, as long as the
+       equation moves by less than ``PRUNE_TOL / 2`` of the truth's spread in all.
+    2. The remaining constants are refit to the truth (Levenberg-Marquardt from their values, on
+       in- and out-of-range points). The form is the law's when the refit equation equals the
+       truth (relative RMS < ``EXACT_TOL``) and moved less than ``PRUNE_TOL`` from the equation
+       found: a refit may not delete a term that mattered.
+    3. sympy confirms it: the refit equation, simplified, with its constants rounded to closed
+       forms (simple rationals, rational multiples of powers of pi), minus the law is 0.
+    """
     from scipy.optimize import least_squares
 
     syms = law.symbols
@@ -186,23 +196,24 @@ def exact_form(expr, law, seed: int = 11) -> tuple[bool, str]:
     ok = np.isfinite(truth)
     X, truth = X[ok], truth[ok]
     spread = float(np.std(evaluate(law.expr, syms, X_in)))
-    base = evaluate(expr, syms, X_in)
+    found = evaluate(expr, syms, X_in)
 
-    # 1. round to zero the constants the equation does not need (cumulatively < 1% of spread)
-    def change(e):
+    def moved(e, ref=found):
         if e.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
             return math.inf
-        d = evaluate(e, syms, X_in) - base
+        d = evaluate(e, syms, X_in) - ref
         return math.sqrt(float(np.mean(d * d))) / spread if np.all(np.isfinite(d)) else math.inf
 
-    cur = expr
-    floats = sorted(cur.atoms(sympy.Float), key=lambda c: change(cur.xreplace({c: 0})))
-    for c in floats:
-        trial = cur.xreplace({c: 0})
-        if change(trial) < PRUNE_TOL:
-            cur = trial
+    def prune(e, tol):
+        ref = evaluate(e, syms, X_in)
+        order = sorted(e.atoms(sympy.Float), key=lambda c: moved(e.xreplace({c: sympy.S.Zero}), ref))
+        for c in order:
+            trial = e.xreplace({c: sympy.S.Zero})
+            if moved(trial, ref) < tol:
+                e = trial
+        return e
 
-    # 2. refit what is left to the truth
+    cur = prune(expr, PRUNE_TOL / 2)
     consts = sorted(cur.atoms(sympy.Float), key=str)
     params = sympy.symbols(f"p0:{len(consts)}")
     template = cur.xreplace(dict(zip(consts, params)))
@@ -213,20 +224,27 @@ def exact_form(expr, law, seed: int = 11) -> tuple[bool, str]:
             r = (np.broadcast_to(f(*p, *X.T), truth.shape) - truth) / spread
         return np.where(np.isfinite(r), r, 1e6)
 
-    p0 = np.array([float(c) for c in consts])
-    if len(p0):
-        fit = least_squares(resid, p0, method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15,
-                            max_nfev=2000)
-        p = fit.x
-    else:
-        p = p0
+    p = np.array([float(c) for c in consts])
+    if len(p):
+        p = least_squares(resid, p, method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15,
+                          max_nfev=4000).x
     rel = math.sqrt(float(np.mean(resid(p) ** 2)))
     if not rel < EXACT_TOL:
-        return False, f"closest member of its form is {rel:.1e} (relative RMS) from the truth"
-    # 3. sympy: the refit constants rounded to closed forms give the law identically
-    closed = template.xreplace({q: _closed_form(v) for q, v in zip(params, p)})
-    same = sympy.simplify(closed - law.expr) == 0 or sympy.simplify(closed / law.expr) == 1
-    return bool(same), str(closed) if same else f"refit {closed} not simplified to the law"
+        return False, f"the closest equation of this form is {rel:.1e} (relative RMS) off"
+    # 10 digits: constants a degenerate form fits to the same value become equal, so that
+    # simplify can merge them (a*x/sqrt(b - b*y) with a = sqrt(b) is x/sqrt(1 - y))
+    refit = template.xreplace({q: sympy.Float(f"{v:.10g}", 15) for q, v in zip(params, p)})
+    if moved(refit) >= PRUNE_TOL:
+        return False, f"only a refit that moves it {moved(refit):.1%} of the spread matches"
+    closed = sympy.simplify(prune(refit, 1e-9))
+    closed = closed.xreplace({c: _closed_form(float(c)) for c in closed.atoms(sympy.Float)})
+    # the database's variables are positive (or, for angles, non-negative): say so to sympy
+    pos = {x: sympy.Symbol(x.name, positive=True) for x in syms}
+    a, b = closed.xreplace(pos), law.expr.xreplace(pos)
+    # (equal squares suffice: the refit already matches the truth numerically, sign included)
+    if any(sympy.simplify(t) == 0 for t in (a - b, a / b - 1, a**2 - b**2)):
+        return True, str(closed)
+    return False, f"numerically the law, but sympy could not confirm the refit {closed}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,13 +252,23 @@ def exact_form(expr, law, seed: int = 11) -> tuple[bool, str]:
 
 
 def distill(model: Model, X: torch.Tensor, restarts: int, engine_kw: dict, labels=None):
+    """(symbolic model, wall seconds, CPU seconds of this process and its workers)."""
     engine = sfx.Operon(**engine_kw) if engine_kw else None
-    t0 = time.perf_counter()
+    kw = {} if restarts is None else {"restarts": restarts}
+    cpu0, t0 = _cpu(), time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sym = sfx.compile(model, targets=["net"], sample_inputs=X.split(2048), labels=labels,
-                          engine=engine, restarts=restarts, progress=False)
-    return sym, time.perf_counter() - t0
+                          engine=engine, progress=False, **kw)
+    return sym, time.perf_counter() - t0, _cpu() - cpu0
+
+
+def _cpu() -> float:
+    """CPU seconds used so far by this process and its finished (joined) worker processes."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def choose(front: ParetoFront, rule, noise=None) -> int:
@@ -251,25 +279,30 @@ def choose(front: ParetoFront, rule, noise=None) -> int:
     return f.chosen
 
 
+def score(expr, law) -> dict:
+    """recovered: out of range within ``OOR_TOL``; exact: recovered and of the law's form."""
+    oor = out_of_range_error(expr, law)
+    if oor >= OOR_TOL:
+        return {"oor": oor, "recovered": False, "exact": False, "why": "not recovered"}
+    exact, why = exact_form(expr, law)
+    return {"oor": oor, "recovered": True, "exact": exact, "why": why}
+
+
 def run_law(law, index: int, args, engine_kw: dict) -> dict:
     cache = Path(os.environ.get("FEYNMAN_CACHE", Path.home() / ".cache" / "symtorch_fx"))
     model, info = train_net(law, index, cache / "feynman_nets")
     X, Y = law_data(law, index)
-    sym, seconds = distill(model, X, args.restarts, engine_kw)
+    load = os.getloadavg()[0]
+    sym, seconds, cpu = distill(model, X, args.restarts, engine_kw)
     front = sym.equations["net"][0]
     noise = info["mse"]  # what labels= measures: the network's MSE against its targets
     picks = {rule: choose(front, rule) for rule in RULES}
     picks["auto + labels"] = choose(front, "auto", noise)
-    scored = {}
-    for i in sorted(set(picks.values())):
-        e = front[i].expr
-        oor = out_of_range_error(e, law)
-        exact, why = exact_form(e, law)
-        scored[i] = {"oor": oor, "recovered": oor < OOR_TOL, "exact": exact, "why": why}
+    scored = {i: score(front[i].expr, law) for i in range(len(front))}
     return {
         "law": law.name, "formula": law.formula, "d": len(law.variables), "net": info,
-        "seconds": seconds, "restarts": args.restarts,
-        "front": [{"text": e.text(6), "complexity": e.complexity, "loss": e.loss}
+        "seconds": seconds, "cpu_seconds": cpu, "load": load, "restarts": args.restarts,
+        "front": [{"text": e.text(), "complexity": e.complexity, "loss": e.loss}
                   for e in front],
         "picks": picks, "scored": {str(k): v for k, v in scored.items()},
     }
@@ -283,10 +316,16 @@ def table(records: list[dict]) -> str:
         rec = sum(r["scored"][str(r["picks"][rule])]["recovered"] for r in records)
         ex = sum(r["scored"][str(r["picks"][rule])]["exact"] for r in records)
         lines.append(f"| {rule} | {rec}/{n} | {ex}/{n} |")
+    rec = sum(any(v["recovered"] for v in r["scored"].values()) for r in records)
+    ex = sum(any(v["exact"] for v in r["scored"].values()) for r in records)
+    lines.append(f"| (on the front: any equation) | {rec}/{n} | {ex}/{n} |")
     secs = [r["seconds"] for r in records]
+    cpu = [r["cpu_seconds"] for r in records]
+    load = [r["load"] for r in records]
     lines.append("")
-    lines.append(f"distillation time per law: median {np.median(secs):.1f} s, "
-                 f"max {max(secs):.1f} s, total {sum(secs) / 60:.1f} min")
+    lines.append(f"distillation per law: wall median {np.median(secs):.1f} s (max {max(secs):.1f} s), "
+                 f"CPU median {np.median(cpu):.1f} s (max {max(cpu):.1f} s); "
+                 f"1-min load average {min(load):.1f}-{max(load):.1f}")
     return "\n".join(lines)
 
 
@@ -310,7 +349,7 @@ def per_law(records: list[dict]) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--laws", nargs="*", help="equation numbers to run (default: the suite)")
-    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--restarts", type=int, default=None, help="default: convert's default")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="sfx.Operon settings, e.g. generations=100")
     p.add_argument("--out", type=Path, help="write the per-law records (JSON) here")

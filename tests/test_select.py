@@ -43,6 +43,22 @@ def test_auto_with_known_noise_widens_the_filter():
     assert f.info["noise"] == 1e-4
 
 
+# a law that needs many nodes, its gains spread out: no average rate from the constant reaches
+# AUTO_RATE (c1 -> c35 is 0.37 nats/node), yet c35 fits 3.4e5x better than the constant (a front
+# measured on a Feynman law)
+SPREAD = [(1, 74.5), (7, 6.69), (14, 0.68), (29, 2.2e-2), (35, 2.2e-4)]
+
+
+def test_auto_takes_a_large_loss_ratio_as_real_however_long(monkeypatch):
+    f = front(SPREAD)
+    _select.apply(f, "auto")
+    assert f.equation.complexity == 35
+    # the rate alone would keep the constant: the AUTO_GAIN guard is what moves it
+    monkeypatch.setattr(_select, "AUTO_GAIN", float("inf"))
+    _select.apply(f, "auto")
+    assert f.equation.complexity == 1
+
+
 def test_nonfinite_choice_falls_back_with_a_warning():
     f = front(KNEE, finite=[True, True, True, False, True, True, True, True])
     with pytest.warns(UserWarning, match="non-finite values on recorded inputs"):
