@@ -48,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import feynman_suite  # noqa: E402
 import symtorch_fx as sfx  # noqa: E402
 from symtorch_fx import _select  # noqa: E402
-from symtorch_fx._equations import ParetoFront  # noqa: E402
+from symtorch_fx._equations import Equation, ParetoFront  # noqa: E402
+from symtorch_fx._expr import parse  # noqa: E402
 
 N_POINTS = 8192
 STEPS = 8000
@@ -295,17 +296,32 @@ def run_law(law, index: int, args, engine_kw: dict) -> dict:
     load = os.getloadavg()[0]
     sym, seconds, cpu = distill(model, X, args.restarts, engine_kw)
     front = sym.equations["net"][0]
-    noise = info["mse"]  # what labels= measures: the network's MSE against its targets
+    rec = {
+        "law": law.name, "index": index, "formula": law.formula, "d": len(law.variables),
+        "net": info, "seconds": seconds, "cpu_seconds": cpu, "load": load,
+        "restarts": args.restarts,
+        "front": [{"text": e.text(), "complexity": e.complexity, "loss": e.loss,
+                   "finite": e.finite} for e in front],
+    }
+    return judge(rec, law)
+
+
+def front_of(rec: dict, law) -> ParetoFront:
+    """The recorded front, rebuilt (full-precision text; complexity and loss as measured)."""
+    syms = {f"x{i}": v for i, v in enumerate(law.symbols)}
+    eqs = [Equation(parse(e["text"], syms), e["complexity"], e["loss"], tuple(law.symbols),
+                    e.get("finite", True)) for e in rec["front"]]
+    return ParetoFront("net", "y0", eqs)
+
+
+def judge(rec: dict, law) -> dict:
+    """Apply every rule to the recorded front and score every equation on it against the law."""
+    front = front_of(rec, law)
+    noise = rec["net"]["mse"]  # what labels= measures: the network's MSE against its targets
     picks = {rule: choose(front, rule) for rule in RULES}
     picks["auto + labels"] = choose(front, "auto", noise)
     scored = {i: score(front[i].expr, law) for i in range(len(front))}
-    return {
-        "law": law.name, "formula": law.formula, "d": len(law.variables), "net": info,
-        "seconds": seconds, "cpu_seconds": cpu, "load": load, "restarts": args.restarts,
-        "front": [{"text": e.text(), "complexity": e.complexity, "loss": e.loss}
-                  for e in front],
-        "picks": picks, "scored": {str(k): v for k, v in scored.items()},
-    }
+    return dict(rec, picks=picks, scored={str(k): v for k, v in scored.items()})
 
 
 def table(records: list[dict]) -> str:
@@ -353,7 +369,20 @@ def main(argv=None) -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="sfx.Operon settings, e.g. generations=100")
     p.add_argument("--out", type=Path, help="write the per-law records (JSON) here")
+    p.add_argument("--rescore", type=Path, metavar="JSON",
+                   help="no searches: re-apply the rules and re-score the fronts recorded in "
+                        "JSON (after a change to a rule or to the scoring), then print the tables")
     args = p.parse_args(argv)
+    if args.rescore:
+        saved = json.loads(args.rescore.read_text())
+        laws, _ = feynman_suite.load()
+        saved["records"] = [judge(r, laws[r["index"]]) for r in saved["records"]]
+        if args.out:
+            args.out.write_text(json.dumps(saved, indent=1))
+        print(table(saved["records"]))
+        print()
+        print(per_law(saved["records"]))
+        return
     engine_kw = {}
     for kv in args.set:
         k, v = kv.split("=", 1)
@@ -363,8 +392,18 @@ def main(argv=None) -> None:
     indexed = [(i, law) for i, law in enumerate(laws) if not args.laws or law.name in args.laws]
     print(f"{len(indexed)} laws from {source}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, torch {torch.__version__}", flush=True)
+    # resumable: laws already in --out (same settings) are kept, not run again
     records = []
+    if args.out and args.out.exists():
+        saved = json.loads(args.out.read_text())
+        if saved.get("settings") == engine_kw:
+            wanted = {law.name for _, law in indexed}
+            records = [r for r in saved["records"] if r["law"] in wanted
+                       and r["restarts"] == args.restarts]
+    done = {r["law"] for r in records}
     for i, law in indexed:
+        if law.name in done:
+            continue
         rec = run_law(law, i, args, engine_kw)
         records.append(rec)
         s = rec["scored"][str(rec["picks"]["auto"])]

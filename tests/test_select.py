@@ -119,3 +119,89 @@ def test_engine_argument_is_checked():
         sfx.Operon(operators=["add", "gamma"])
     with pytest.raises(sfx.SymTorchFXError, match="unknown selection"):
         sfx.convert(prepared, engine=Candidates(["x0"]), selection="simplest", progress=False)
+
+
+class Bumped(nn.Module):
+    """A 'trained network' for y = x^2: the law plus a small smooth error of its own."""
+
+    def forward(self, x):
+        return x * x + 0.01 * torch.sin(5 * x)
+
+
+class Wrapper(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = Bumped()
+
+    def forward(self, x):
+        return self.net(x)
+
+
+# the law, a bloated equation that fits the network's error 1e4x better, and two simpler ones
+BUMP_CANDIDATES = ["0.5", "x0", "x0^2", "x0^2 + 0.0099*sin(5*x0)"]
+
+
+def test_labels_measure_the_networks_error_and_auto_keeps_the_law():
+    xs = torch.linspace(0, 2, 800)[:, None]
+    labels = xs[:, 0] ** 2  # what the network was trained on
+    engine = Candidates(BUMP_CANDIDATES)
+    blind = sfx.compile(Wrapper(), ["net"], xs, engine=engine, progress=False)
+    # without labels the 1e4x gain looks like a real law: auto takes the bloated equation
+    assert str(blind.equations["net"][0].equation) == "x0^2 + 0.0099*sin(5*x0)"
+    told = sfx.compile(Wrapper(), ["net"], xs, labels=labels, engine=engine, progress=False)
+    front = told.equations["net"][0]
+    mse = float(((Bumped()(xs)[:, 0] - labels) ** 2).mean())
+    assert front.info["noise"] == pytest.approx(mse, rel=1e-5)
+    assert str(front.equation) == "x0^2"
+    # noise= on convert is the same knob, given directly
+    prepared = sfx.prepare(Wrapper(), ["net"])
+    prepared(xs)
+    sym = sfx.convert(prepared, engine=engine, noise={"net": mse}, progress=False)
+    assert str(sym.equations["net"][0].equation) == "x0^2"
+
+
+def test_labels_and_noise_are_checked():
+    xs = torch.linspace(0, 2, 100)[:, None]
+    engine = Candidates(BUMP_CANDIDATES)
+    with pytest.raises(sfx.SymTorchFXError, match="labels= or noise=, not both"):
+        sfx.compile(Wrapper(), ["net"], xs, labels=xs[:, 0], noise=1e-4, engine=engine,
+                    progress=False)
+    with pytest.raises(sfx.SymTorchFXError, match="labels= has 99 values"):
+        sfx.compile(Wrapper(), ["net"], xs, labels=xs[1:, 0], engine=engine, progress=False)
+    two = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1))
+    with pytest.raises(sfx.SymTorchFXError, match="single target"):
+        sfx.compile(two, ["0", "2"], xs, labels=xs[:, 0], engine=engine, progress=False)
+    prepared = sfx.prepare(Wrapper(), ["net"])
+    prepared(xs)
+    with pytest.raises(sfx.SymTorchFXError, match="non-negative number"):
+        sfx.convert(prepared, engine=engine, noise=-1.0, progress=False)
+    with pytest.raises(sfx.SymTorchFXError, match="restarts must be a positive integer"):
+        sfx.convert(prepared, engine=engine, restarts=0, progress=False)
+
+
+class BySeed:
+    """A user engine whose answer depends on the seed: shows what each restart contributed."""
+
+    name = "by-seed"
+    parallel_jobs = False
+
+    def __init__(self):
+        self.seeds = []
+
+    def check(self):
+        pass
+
+    def search(self, X, y, variables, seed, weights=None):
+        self.seeds.append(seed)
+        return ["x0^2"] if len(self.seeds) == 1 else ["x0^2 + 0.0099*sin(5*x0)"]
+
+
+def test_restarts_search_with_distinct_seeds_and_merge_into_one_front():
+    xs = torch.linspace(0, 2, 400)[:, None]
+    engine = BySeed()
+    sym = sfx.compile(Wrapper(), ["net"], xs, engine=engine, restarts=2, executor="inline",
+                      progress=False)
+    assert len(engine.seeds) == 2 and engine.seeds[0] != engine.seeds[1]
+    front = sym.equations["net"][0]
+    # (build_front adds the constant model: the mean)
+    assert {str(e) for e in front if e.complexity > 1} == {"x0^2", "x0^2 + 0.0099*sin(5*x0)"}
