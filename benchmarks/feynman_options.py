@@ -186,14 +186,16 @@ def analyze(path: Path, rules: dict, dump: Path | None = None) -> None:
 # candidate rules on a front (list of Equations, simplest first) --------------------------------
 
 
-def by_rate(rate):
+def by_rate(rate, gain=None):
+    """``auto`` with another rate (and, when given, another ``AUTO_GAIN``)."""
     def rule(front, rec):
-        saved = _select.AUTO_RATE
+        saved = _select.AUTO_RATE, _select.AUTO_GAIN
         _select.AUTO_RATE = rate
+        _select.AUTO_GAIN = saved[1] if gain is None else gain
         try:
             return pick(front, "auto")
         finally:
-            _select.AUTO_RATE = saved
+            _select.AUTO_RATE, _select.AUTO_GAIN = saved
     return rule
 
 
@@ -232,7 +234,8 @@ def biggest_drop(front, rec):
 RULES = {"auto": "auto", "best": "best", "score": "score", "accuracy": "accuracy",
          "labels": with_noise, "knee": knee, "knee floor": knee_floor,
          "biggest drop": biggest_drop,
-         **{f"rate {r}": by_rate(r) for r in (0.1, 0.2, 0.3)}}
+         "auto without AUTO_GAIN": by_rate(_select.AUTO_RATE, math.inf),
+         **{f"rate {r}": by_rate(r) for r in (0.1, 0.2, 0.3, 1.0)}}
 EDGE_RULES = {"auto", "accuracy", "knee", "rate 0.2", "labels"}
 
 

@@ -21,6 +21,24 @@ def front(points, finite=None):
     return ParetoFront("r", "y", eqs)
 
 
+class Bumped(nn.Module):
+    """A 'trained network' for y = x^2: the law plus a small smooth error of its own."""
+
+    def forward(self, x):
+        return x * x + 0.01 * torch.sin(5 * x)
+
+
+class Wrapper(nn.Module):
+    """A model whose one submodule ``net`` is the distillation target."""
+
+    def __init__(self, net: nn.Module | None = None):
+        super().__init__()
+        self.net = Bumped() if net is None else net
+
+    def forward(self, x):
+        return self.net(x)
+
+
 # a law at complexity 11 (the network's own error ~1e-4 beyond it), then bloat fitting that error
 KNEE = [(1, 2.7), (5, 1.45), (8, 1.27), (11, 9.2e-5), (16, 7.7e-5), (22, 4.8e-5), (30, 3.3e-5),
         (36, 2.7e-5)]
@@ -87,23 +105,15 @@ def test_equation_nonfinite_on_recorded_rows_is_not_installed():
         def forward(self, x):
             return x * x
 
-    class M(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.sq = Square()
-
-        def forward(self, x):
-            return self.sq(x)
-
     xs = torch.linspace(0.01, 2, 400)[:, None]
     xs[7] = -1.0  # one recorded row where log() is not finite
     # a seed whose held-out rows miss row 7: the log form then scores best on held-out rows
     seed = next(s for s in range(100) if 7 in sfx._distill.split_rows(400, 0.25, s)[0])
     engine = Candidates(["x0^2 + 0.001*log(x0)", "x0^2 + 0.01*x0", "x0 + 0.5"])
     with pytest.warns(UserWarning, match="non-finite values on recorded inputs"):
-        sym = sfx.compile(M(), ["sq"], xs, engine=engine, selection="accuracy", progress=False,
-                          seed=seed)
-    front = sym.equations["sq"][0]
+        sym = sfx.compile(Wrapper(Square()), ["net"], xs, engine=engine, selection="accuracy",
+                          progress=False, seed=seed)
+    front = sym.equations["net"][0]
     assert [e.finite for e in front].count(False) == 1
     assert front.equation.finite and str(front.equation) == "x0^2 + 0.01*x0"
     assert torch.isfinite(sym(xs)).all()
@@ -119,22 +129,6 @@ def test_engine_argument_is_checked():
         sfx.Operon(operators=["add", "gamma"])
     with pytest.raises(sfx.SymTorchFXError, match="unknown selection"):
         sfx.convert(prepared, engine=Candidates(["x0"]), selection="simplest", progress=False)
-
-
-class Bumped(nn.Module):
-    """A 'trained network' for y = x^2: the law plus a small smooth error of its own."""
-
-    def forward(self, x):
-        return x * x + 0.01 * torch.sin(5 * x)
-
-
-class Wrapper(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = Bumped()
-
-    def forward(self, x):
-        return self.net(x)
 
 
 # the law, a bloated equation that fits the network's error 1e4x better, and two simpler ones
