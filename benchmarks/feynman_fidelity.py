@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 import warnings
@@ -346,8 +347,8 @@ def table(records: list[dict]) -> str:
 
 
 def per_law(records: list[dict]) -> str:
-    lines = ["| law | d | net NMSE | s | auto picks | c | auto | best | labels |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| law | d | net NMSE | wall s | CPU s | auto picks | c | auto | best | labels |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def mark(r, rule):
         s = r["scored"][str(r["picks"][rule])]
@@ -357,9 +358,15 @@ def per_law(records: list[dict]) -> str:
         chosen = r["front"][r["picks"]["auto"]]
         lines.append(
             f"| {r['law']} | {r['d']} | {r['net']['nmse']:.1e} | {r['seconds']:.0f} | "
-            f"`{chosen['text']}` | {chosen['complexity']} | {mark(r, 'auto')} | "
+            f"{r['cpu_seconds']:.0f} | `{_short(chosen['text'])}` | {chosen['complexity']} | "
+            f"{mark(r, 'auto')} | "
             f"{mark(r, 'best')} | {mark(r, 'auto + labels')} |")
     return "\n".join(lines)
+
+
+def _short(text: str, digits: int = 4) -> str:
+    """An equation's text with its constants rounded for a table."""
+    return re.sub(r"\d+\.\d+(e[-+]?\d+)?", lambda m: f"{float(m.group()):.{digits}g}", text)
 
 
 def main(argv=None) -> None:
