@@ -2,6 +2,7 @@
 
     python benchmarks/feynman_fidelity.py                  # the whole suite, default settings
     python benchmarks/feynman_fidelity.py --laws I.12.4 II.8.7 --restarts 2 --out r.json
+    python benchmarks/feynman_fidelity.py --rescore r.json   # re-apply rules/scoring, no search
 
 For every law of the Feynman suite (``feynman_suite.py``: 35 laws of 1-3 variables), with fixed
 seeds:
@@ -14,12 +15,13 @@ seeds:
    * recovered: RMS error against the truth on out-of-range points (each variable drawn from
      [low, high + (high - low) / 2], at least one beyond high) below 3% of the truth's standard
      deviation there;
-   * exact form: after constants whose removal changes the equation by less than 1% of the
-     truth's spread (in range) are dropped ("rounding to zero"), refitting the remaining constants
-     to the truth makes the equation identical to it (relative RMS < 1e-6 on in- and
-     out-of-range points), and sympy confirms ``simplify(refit - truth) == 0`` once those
-     constants are rounded to closed forms (rationals, multiples of pi). A bloated equation
-     either keeps a term the truth lacks or cannot be refit onto it; both fail.
+   * exact form: recovered, and (see ``exact_form``) after constants whose removal moves the
+     equation by less than 0.5% of the truth's spread in all are dropped ("rounding to zero"),
+     refitting the remaining constants to the truth makes the equation identical to it
+     (relative RMS < 1e-6 on in- and out-of-range points) while moving it less than 1%, and
+     sympy confirms ``simplify(refit - truth) == 0`` once those constants are rounded to closed
+     forms (rationals, multiples of powers of pi). A bloated equation either keeps a term the
+     truth lacks or cannot be refit onto it; both fail.
 
 Networks are cached (``$FEYNMAN_CACHE/feynman_nets``, default ``~/.cache/symtorch_fx``); the
 per-law records (fronts, choices, metrics, timings) go to ``--out`` as JSON, and a table to
