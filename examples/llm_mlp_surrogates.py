@@ -154,15 +154,46 @@ def perplexity(model, ids: torch.Tensor, batch: int = 8) -> float:
     return math.exp(nll / count)
 
 
+def _rss_mb(field: str) -> float:
+    """A memory figure of this process from /proc (Linux): VmRSS now, or VmHWM, its peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 @torch.no_grad()
-def tokens_per_second(fn, ids: torch.Tensor, repeats: int = 3) -> float:
-    fn(ids)  # warm up
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(ids)
-        best = min(best, time.perf_counter() - t0)
-    return ids.numel() / best
+def peak_activation_mb(fn, ids: torch.Tensor) -> float:
+    """Peak resident memory a call adds on top of what is resident before it (Linux: the
+    kernel's high-water mark is reset through /proc/self/clear_refs first). The weights are
+    resident before the call, so this is the peak of the activations and workspace. Call it
+    after a warm-up (``speeds``), so that lazy initialisation does not count."""
+    before = _rss_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    fn(ids)
+    return max(_rss_mb("VmHWM") - before, 0.0)
+
+
+@torch.no_grad()
+def speeds(variants: dict, head: nn.Module, ids: torch.Tensor, rounds: int = 3) -> dict:
+    """Tokens/s of the layer stack of every variant, and of the output layer (the same module
+    in all of them), best of ``rounds``. The variants are timed in interleaved rounds, so that
+    drift in the machine's load spreads over all of them instead of favouring whichever ran in
+    a quiet moment."""
+    hidden = next(iter(variants.values())).model(ids).last_hidden_state
+    fns = {name: (lambda m=m: m.model(ids)) for name, m in variants.items()}
+    fns["<output layer>"] = lambda: head(hidden)
+    for fn in fns.values():
+        fn()  # warm up
+    best = dict.fromkeys(fns, math.inf)
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[key] = min(best[key], time.perf_counter() - t0)
+    return {key: ids.numel() / t for key, t in best.items()}
 
 
 def weight_mb(model) -> float:
@@ -174,14 +205,24 @@ def weight_mb(model) -> float:
     return total / 2**20
 
 
-def measure(name: str, model, eval_ids, speed_ids) -> dict:
-    row = {"variant": name, "ppl": perplexity(model, eval_ids),
-           "stack_tok_s": tokens_per_second(lambda x: model.model(x), speed_ids),
-           "full_tok_s": tokens_per_second(lambda x: model(x), speed_ids),
-           "weights_mb": weight_mb(model)}
-    print(f"{name:28s} ppl {row['ppl']:8.2f}  layer stack {row['stack_tok_s']:8.0f} tok/s  "
-          f"full {row['full_tok_s']:7.0f} tok/s  weights {row['weights_mb']:7.1f} MB", flush=True)
-    return row
+def measure(variants: dict, eval_ids, speed_ids, with_perplexity: bool = True) -> list[dict]:
+    """Perplexity, weights and the layer stack's activation peak of every variant; then the
+    speeds. The full forward's time is the layer stack's plus the output layer's (timed once,
+    it is the same module in every variant)."""
+    head = next(iter(variants.values())).lm_head
+    tps = speeds(variants, head, speed_ids)
+    rows = []
+    for name, model in variants.items():
+        stack = tps[name]
+        row = {"variant": name, "weights_mb": weight_mb(model),
+               "peak_mb": peak_activation_mb(lambda x, m=model: m.model(x), speed_ids),
+               "stack_tok_s": stack, "full_tok_s": 1 / (1 / stack + 1 / tps["<output layer>"]),
+               "ppl": perplexity(model, eval_ids) if with_perplexity else math.nan}
+        rows.append(row)
+        print(f"{name:28s} ppl {row['ppl']:8.2f}  layer stack {row['stack_tok_s']:6.0f} tok/s  "
+              f"full {row['full_tok_s']:6.0f} tok/s  weights {row['weights_mb']:7.1f} MB  "
+              f"activations peak {row['peak_mb']:6.1f} MB", flush=True)
+    return rows
 
 
 # -- the experiment ------------------------------------------------------------------------------
@@ -236,7 +277,10 @@ def main(argv=None):
     ap.add_argument("--pca-out", type=int, default=8)
     ap.add_argument("--population", type=int, default=300)
     ap.add_argument("--generations", type=int, default=40)
+    ap.add_argument("--speed-windows", type=int, default=4, help="windows in the timed batch")
     ap.add_argument("--quick", action="store_true", help="fewer windows and a smaller search")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="skip perplexity (with --equations: re-measure speed and memory only)")
     ap.add_argument("--out", type=Path, default=None, help="write the table (markdown) here")
     ap.add_argument("--save", type=Path, default=None, help="save the equations (sfx.save)")
     ap.add_argument("--equations", type=Path, default=None,
@@ -255,7 +299,7 @@ def main(argv=None):
     tok, model = load_gemma()
     calib_ids = windows(tok, calib[::-1], args.window, args.calib_windows)
     eval_ids = windows(tok, held, args.window, args.eval_windows)
-    speed_ids = eval_ids[:4]
+    speed_ids = eval_ids[: args.speed_windows]
     print(f"Gemma-3-270M loaded; {len(calib_ids)} calibration and {len(eval_ids)} evaluation "
           f"windows of {args.window} tokens", flush=True)
 
@@ -271,34 +315,33 @@ def main(argv=None):
     modules = sym.symbolic_modules
     neural = {p: model.get_submodule(p) for p in ranked}
 
-    rows = [measure("original", model, eval_ids, speed_ids)]
+    variants = {"original": model}
     for k in args.layers:
         chosen = ranked[:k]
-        rows.append(measure(f"symbolic, {k} layer(s)",
-                            swapped(model, {p: modules[p] for p in chosen}), eval_ids, speed_ids))
-        rows.append(measure(f"PCA alone, {k} layer(s)",
-                            swapped(model, {p: PCAOnly(neural[p], modules[p].projection)
-                                            for p in chosen}),
-                            eval_ids, speed_ids))
-        rows.append(measure(f"identity, {k} layer(s)",
-                            swapped(model, {p: Identity() for p in chosen}), eval_ids, speed_ids))
+        variants[f"symbolic, {k} layer(s)"] = swapped(model, {p: modules[p] for p in chosen})
+        variants[f"PCA alone, {k} layer(s)"] = swapped(
+            model, {p: PCAOnly(neural[p], modules[p].projection) for p in chosen})
+        variants[f"identity, {k} layer(s)"] = swapped(model, {p: Identity() for p in chosen})
+    rows = measure(variants, eval_ids, speed_ids, with_perplexity=not args.speed_only)
     base = rows[0]
     lines = [
         f"Layers replaced, in order: {', '.join(p.split('.')[2] for p in ranked)}. "
         f"{args.pca_in} input / {args.pca_out} output components; {len(eval_ids)} held-out "
         f"windows of {args.window} tokens; speed on {len(speed_ids)}x{args.window} tokens, "
-        f"best of 3; {torch.get_num_threads()} threads.",
+        f"best of 3 interleaved rounds, full forward = layer stack + output layer (timed apart); "
+        f"{torch.get_num_threads()} threads. Memory: weights, and the peak resident memory the "
+        f"layer stack adds on that batch (activations).",
         "",
         "| variant | perplexity | layer stack tok/s | vs original | full forward tok/s | "
-        "vs original | weights MB |",
-        "|---|---|---|---|---|---|---|",
+        "vs original | weights MB | stack activations peak MB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['variant']} | {r['ppl']:.2f} | {r['stack_tok_s']:.0f} | "
             f"{100 * (r['stack_tok_s'] / base['stack_tok_s'] - 1):+.1f}% | "
             f"{r['full_tok_s']:.0f} | {100 * (r['full_tok_s'] / base['full_tok_s'] - 1):+.1f}% | "
-            f"{r['weights_mb']:.1f} |")
+            f"{r['weights_mb']:.1f} | {r['peak_mb']:.0f} |")
     table = "\n".join(lines)
     print("\n" + table)
     print(f"\ntotal time {time.perf_counter() - t_start:.0f} s (distillation {t_distill:.0f} s)")

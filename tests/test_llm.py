@@ -57,10 +57,12 @@ def test_surrogates_controls_and_measurements(tiny):
     }
     base = llm.perplexity(model, ids)
     assert 40 < base < 200  # a random model: about the vocabulary size
-    for name, v in variants.items():
-        ppl = llm.perplexity(v, ids)
-        assert torch.isfinite(torch.tensor(ppl)), name
-        assert llm.tokens_per_second(lambda x, v=v: v.model(x), ids[:2], repeats=1) > 0
+    rows = {r["variant"]: r for r in llm.measure({"original": model, **variants}, ids, ids[:2])}
+    assert rows["original"]["ppl"] == pytest.approx(base)
+    for name, row in rows.items():
+        assert torch.isfinite(torch.tensor(row["ppl"])), name
+        assert 0 < row["full_tok_s"] < row["stack_tok_s"], name  # the output layer costs time
+        assert row["peak_mb"] >= 0, name
     # the original is untouched by building variants
     assert type(model.model.layers[0].mlp).__name__ == "Gemma3MLP"
     # the symbolic variant drops the replaced MLPs' weights
