@@ -94,10 +94,6 @@ class Model(nn.Module):
         return self.net(x)
 
 
-def truth_fn(law):
-    return sympy.lambdify(law.symbols, law.expr, "numpy")
-
-
 def evaluate(expr: sympy.Expr, symbols, X: np.ndarray) -> np.ndarray:
     f = sympy.lambdify(symbols, expr, "numpy")
     with np.errstate(all="ignore"):
@@ -255,14 +251,14 @@ def exact_form(expr, law, seed: int = 11) -> tuple[bool, str]:
 # the run
 
 
-def distill(model: Model, X: torch.Tensor, restarts: int, engine_kw: dict, labels=None):
+def distill(model: Model, X: torch.Tensor, restarts: int | None, engine_kw: dict):
     """(symbolic model, wall seconds, CPU seconds of this process and its workers)."""
     engine = sfx.Operon(**engine_kw) if engine_kw else None
     kw = {} if restarts is None else {"restarts": restarts}
     cpu0, t0 = _cpu(), time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sym = sfx.compile(model, targets=["net"], sample_inputs=X.split(2048), labels=labels,
+        sym = sfx.compile(model, targets=["net"], sample_inputs=X.split(2048),
                           engine=engine, progress=False, **kw)
     return sym, time.perf_counter() - t0, _cpu() - cpu0
 
