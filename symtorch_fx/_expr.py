@@ -401,6 +401,8 @@ def _tidy_once(expr: sympy.Expr, scale: float) -> sympy.Expr:
     repl = {}
     for f in floats:
         v = float(f)
+        if not math.isfinite(v):  # beyond float range (sympy Floats are not): left for the
+            continue              # caller's finiteness check to reject
         r = round(v)
         if abs(v - r) <= 1e-6 * max(1.0, abs(v)):
             repl[f] = sympy.Integer(r)

@@ -5,7 +5,9 @@ Rules (``selection=`` in ``convert``/``compile``, or ``sym.select``):
 * ``"auto"`` (default) -- the law, not the network's error. A trained network differs from the
   law it learned by a small, smooth error; past the law, longer equations fit that error and
   lower the loss only slowly. ``auto`` takes the simplest equation that no more complex one
-  improves on by at least ``AUTO_RATE`` nats of log-loss per added node (averaged over the gap).
+  improves on by at least ``AUTO_RATE`` nats of log-loss per added node (averaged over the gap),
+  or by a loss ratio of ``AUTO_GAIN`` or more whatever the added length (a law that needs many
+  nodes spreads its gain thinly; fitting a network's error never buys a factor of 1000).
   When the network's error is known (``noise=``, or ``labels=`` in ``compile``), it takes the
   highest score among equations with loss <= max(1.5 x best, 2 x noise) instead;
 * ``"best"`` -- PySR's rule: the highest score ``-dlog(loss)/dcomplexity`` among equations whose
@@ -31,14 +33,22 @@ from ._errors import SymTorchFXError
 
 RULES = ("auto", "best", "accuracy", "score")
 
-#: nats of log-loss per node that count as a real improvement for ``"auto"``
+#: nats of log-loss per added node that count as a real improvement for ``"auto"``
 AUTO_RATE = 0.5
+#: a loss ratio that counts as a real improvement for ``"auto"`` whatever the added length
+AUTO_GAIN = 1000.0
 
 
-def _rate(a: Equation, b: Equation) -> float:
-    """Average log-loss improvement per added node from ``a`` to the more complex ``b``."""
-    gain = math.log(max(a.loss, 1e-300)) - math.log(max(b.loss, 1e-300))
-    return gain / max(b.complexity - a.complexity, 1)
+def _gain(a: Equation, b: Equation) -> float:
+    """log(loss a / loss b): how much better ``b`` fits, in nats."""
+    return math.log(max(a.loss, 1e-300)) - math.log(max(b.loss, 1e-300))
+
+
+def _improves(a: Equation, b: Equation) -> bool:
+    """Whether the more complex ``b`` improves on ``a`` by more than fitting an error can."""
+    gain = _gain(a, b)
+    return (gain >= AUTO_RATE * max(b.complexity - a.complexity, 1)
+            or gain >= math.log(AUTO_GAIN))
 
 
 def _auto(front: Sequence[Equation], idx: list[int], noise: float | None) -> int:
@@ -48,7 +58,7 @@ def _auto(front: Sequence[Equation], idx: list[int], noise: float | None) -> int
         ok = [i for i in idx if front[i].loss <= max(1.5 * best, 2.0 * noise)] or idx
         return max(ok, key=lambda i: (sc[i], -i))
     for i in idx:
-        if all(_rate(front[i], front[j]) < AUTO_RATE for j in idx if j > i):
+        if not any(_improves(front[i], front[j]) for j in idx if j > i):
             return i
     return idx[-1]
 

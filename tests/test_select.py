@@ -21,6 +21,24 @@ def front(points, finite=None):
     return ParetoFront("r", "y", eqs)
 
 
+class Bumped(nn.Module):
+    """A 'trained network' for y = x^2: the law plus a small smooth error of its own."""
+
+    def forward(self, x):
+        return x * x + 0.01 * torch.sin(5 * x)
+
+
+class Wrapper(nn.Module):
+    """A model whose one submodule ``net`` is the distillation target."""
+
+    def __init__(self, net: nn.Module | None = None):
+        super().__init__()
+        self.net = Bumped() if net is None else net
+
+    def forward(self, x):
+        return self.net(x)
+
+
 # a law at complexity 11 (the network's own error ~1e-4 beyond it), then bloat fitting that error
 KNEE = [(1, 2.7), (5, 1.45), (8, 1.27), (11, 9.2e-5), (16, 7.7e-5), (22, 4.8e-5), (30, 3.3e-5),
         (36, 2.7e-5)]
@@ -41,6 +59,22 @@ def test_auto_with_known_noise_widens_the_filter():
     _select.apply(f, "auto", noise=1e-4)
     assert f.equation.complexity == 11
     assert f.info["noise"] == 1e-4
+
+
+# a law that needs many nodes, its gains spread out: no average rate from the constant reaches
+# AUTO_RATE (c1 -> c35 is 0.37 nats/node), yet c35 fits 3.4e5x better than the constant (a front
+# measured on a Feynman law)
+SPREAD = [(1, 74.5), (7, 6.69), (14, 0.68), (29, 2.2e-2), (35, 2.2e-4)]
+
+
+def test_auto_takes_a_large_loss_ratio_as_real_however_long(monkeypatch):
+    f = front(SPREAD)
+    _select.apply(f, "auto")
+    assert f.equation.complexity == 35
+    # the rate alone would keep the constant: the AUTO_GAIN guard is what moves it
+    monkeypatch.setattr(_select, "AUTO_GAIN", float("inf"))
+    _select.apply(f, "auto")
+    assert f.equation.complexity == 1
 
 
 def test_nonfinite_choice_falls_back_with_a_warning():
@@ -71,23 +105,15 @@ def test_equation_nonfinite_on_recorded_rows_is_not_installed():
         def forward(self, x):
             return x * x
 
-    class M(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.sq = Square()
-
-        def forward(self, x):
-            return self.sq(x)
-
     xs = torch.linspace(0.01, 2, 400)[:, None]
     xs[7] = -1.0  # one recorded row where log() is not finite
     # a seed whose held-out rows miss row 7: the log form then scores best on held-out rows
     seed = next(s for s in range(100) if 7 in sfx._distill.split_rows(400, 0.25, s)[0])
     engine = Candidates(["x0^2 + 0.001*log(x0)", "x0^2 + 0.01*x0", "x0 + 0.5"])
     with pytest.warns(UserWarning, match="non-finite values on recorded inputs"):
-        sym = sfx.compile(M(), ["sq"], xs, engine=engine, selection="accuracy", progress=False,
-                          seed=seed)
-    front = sym.equations["sq"][0]
+        sym = sfx.compile(Wrapper(Square()), ["net"], xs, engine=engine, selection="accuracy",
+                          progress=False, seed=seed)
+    front = sym.equations["net"][0]
     assert [e.finite for e in front].count(False) == 1
     assert front.equation.finite and str(front.equation) == "x0^2 + 0.01*x0"
     assert torch.isfinite(sym(xs)).all()
@@ -103,3 +129,73 @@ def test_engine_argument_is_checked():
         sfx.Operon(operators=["add", "gamma"])
     with pytest.raises(sfx.SymTorchFXError, match="unknown selection"):
         sfx.convert(prepared, engine=Candidates(["x0"]), selection="simplest", progress=False)
+
+
+# the law, a bloated equation that fits the network's error 1e4x better, and two simpler ones
+BUMP_CANDIDATES = ["0.5", "x0", "x0^2", "x0^2 + 0.0099*sin(5*x0)"]
+
+
+def test_labels_measure_the_networks_error_and_auto_keeps_the_law():
+    xs = torch.linspace(0, 2, 800)[:, None]
+    labels = xs[:, 0] ** 2  # what the network was trained on
+    engine = Candidates(BUMP_CANDIDATES)
+    blind = sfx.compile(Wrapper(), ["net"], xs, engine=engine, progress=False)
+    # without labels the 1e4x gain looks like a real law: auto takes the bloated equation
+    assert str(blind.equations["net"][0].equation) == "x0^2 + 0.0099*sin(5*x0)"
+    told = sfx.compile(Wrapper(), ["net"], xs, labels=labels, engine=engine, progress=False)
+    front = told.equations["net"][0]
+    mse = float(((Bumped()(xs)[:, 0] - labels) ** 2).mean())
+    assert front.info["noise"] == pytest.approx(mse, rel=1e-5)
+    assert str(front.equation) == "x0^2"
+    # noise= on convert is the same knob, given directly
+    prepared = sfx.prepare(Wrapper(), ["net"])
+    prepared(xs)
+    sym = sfx.convert(prepared, engine=engine, noise={"net": mse}, progress=False)
+    assert str(sym.equations["net"][0].equation) == "x0^2"
+
+
+def test_labels_and_noise_are_checked():
+    xs = torch.linspace(0, 2, 100)[:, None]
+    engine = Candidates(BUMP_CANDIDATES)
+    with pytest.raises(sfx.SymTorchFXError, match="labels= or noise=, not both"):
+        sfx.compile(Wrapper(), ["net"], xs, labels=xs[:, 0], noise=1e-4, engine=engine,
+                    progress=False)
+    with pytest.raises(sfx.SymTorchFXError, match="labels= has 99 values"):
+        sfx.compile(Wrapper(), ["net"], xs, labels=xs[1:, 0], engine=engine, progress=False)
+    two = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1))
+    with pytest.raises(sfx.SymTorchFXError, match="single target"):
+        sfx.compile(two, ["0", "2"], xs, labels=xs[:, 0], engine=engine, progress=False)
+    prepared = sfx.prepare(Wrapper(), ["net"])
+    prepared(xs)
+    with pytest.raises(sfx.SymTorchFXError, match="non-negative number"):
+        sfx.convert(prepared, engine=engine, noise=-1.0, progress=False)
+    with pytest.raises(sfx.SymTorchFXError, match="restarts must be a positive integer"):
+        sfx.convert(prepared, engine=engine, restarts=0, progress=False)
+
+
+class BySeed:
+    """A user engine whose answer depends on the seed: shows what each restart contributed."""
+
+    name = "by-seed"
+    parallel_jobs = False
+
+    def __init__(self):
+        self.seeds = []
+
+    def check(self):
+        pass
+
+    def search(self, X, y, variables, seed, weights=None):
+        self.seeds.append(seed)
+        return ["x0^2"] if len(self.seeds) == 1 else ["x0^2 + 0.0099*sin(5*x0)"]
+
+
+def test_restarts_search_with_distinct_seeds_and_merge_into_one_front():
+    xs = torch.linspace(0, 2, 400)[:, None]
+    engine = BySeed()
+    sym = sfx.compile(Wrapper(), ["net"], xs, engine=engine, restarts=2, executor="inline",
+                      progress=False)
+    assert len(engine.seeds) == 2 and engine.seeds[0] != engine.seeds[1]
+    front = sym.equations["net"][0]
+    # (build_front adds the constant model: the mean)
+    assert {str(e) for e in front if e.complexity > 1} == {"x0^2", "x0^2 + 0.0099*sin(5*x0)"}

@@ -1,0 +1,429 @@
+"""Fidelity benchmark: does distillation give back the law a network learned?
+
+    python benchmarks/feynman_fidelity.py                  # the whole suite, default settings
+    python benchmarks/feynman_fidelity.py --laws I.12.4 II.8.7 --restarts 2 --out r.json
+    python benchmarks/feynman_fidelity.py --rescore r.json   # re-apply rules/scoring, no search
+
+For every law of the Feynman suite (``feynman_suite.py``: 35 laws of 1-3 variables), with fixed
+seeds:
+
+1. sample 8192 points uniformly in the database's ranges and train an MLP on them
+   (d -> 64 -> 64 -> 1, SiLU, standardized inputs and outputs inside the model, Adam, 8000 steps of 512 rows);
+2. distill the trained model from its own outputs on those points with ``sfx.compile`` and the
+   default settings (engine, budget, selection), timing it;
+3. re-apply every selection rule to the *same* fronts and score each choice against the law:
+   * recovered: RMS error against the truth on out-of-range points (each variable drawn from
+     [low, high + (high - low) / 2], at least one beyond high) below 3% of the truth's standard
+     deviation there;
+   * exact form: recovered, and (see ``exact_form``) after constants whose removal moves the
+     equation by less than 0.5% of the truth's spread in all are dropped ("rounding to zero"),
+     refitting the remaining constants to the truth makes the equation identical to it
+     (relative RMS < 1e-6 on in- and out-of-range points) while moving it less than 1%, and
+     sympy confirms ``simplify(refit - truth) == 0`` once those constants are rounded to closed
+     forms (rationals, multiples of powers of pi). A bloated equation either keeps a term the
+     truth lacks or cannot be refit onto it; both fail.
+
+Networks are cached (``$FEYNMAN_CACHE/feynman_nets``, default ``~/.cache/symtorch_fx``); the
+per-law records (fronts, choices, metrics, timings) go to ``--out`` as JSON, and a table to
+stdout. ``--set key=value`` overrides an ``sfx.Operon`` setting to measure other budgets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import sympy
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import feynman_suite  # noqa: E402
+import symtorch_fx as sfx  # noqa: E402
+from symtorch_fx import _select  # noqa: E402
+from symtorch_fx._equations import Equation, ParetoFront  # noqa: E402
+from symtorch_fx._expr import parse  # noqa: E402
+
+N_POINTS = 8192
+STEPS = 8000
+OOR_TOL = 0.03  # recovered: out-of-range RMS error < 3% of the truth's spread
+PRUNE_TOL = 0.01  # constants whose removal moves the equation < 1% of the spread are zero
+EXACT_TOL = 1e-6  # exact form: refit to the truth within 1e-6 (relative RMS)
+
+RULES = ["auto", "best", "accuracy", "score"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the networks
+
+
+class Standardized(nn.Module):
+    """An MLP on standardized inputs and outputs; maps the law's units to the law's units."""
+
+    def __init__(self, d: int, x_mean, x_std, y_mean, y_std):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(d, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(),
+                                 nn.Linear(64, 1))
+        self.register_buffer("x_mean", torch.as_tensor(x_mean, dtype=torch.float32))
+        self.register_buffer("x_std", torch.as_tensor(x_std, dtype=torch.float32))
+        self.register_buffer("y_mean", torch.as_tensor(y_mean, dtype=torch.float32))
+        self.register_buffer("y_std", torch.as_tensor(y_std, dtype=torch.float32))
+
+    def forward(self, x):
+        return self.mlp((x - self.x_mean) / self.x_std) * self.y_std + self.y_mean
+
+
+class Model(nn.Module):
+    """What the user holds: the trained network as one submodule (the distillation target)."""
+
+    def __init__(self, net: Standardized):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def evaluate(expr: sympy.Expr, symbols, X: np.ndarray) -> np.ndarray:
+    f = sympy.lambdify(symbols, expr, "numpy")
+    with np.errstate(all="ignore"):
+        out = np.asarray(f(*X.T), dtype=np.float64)
+    return np.broadcast_to(out, (len(X),)).copy() if out.ndim == 0 or out.shape != (len(X),) \
+        else out
+
+
+def sample(law, n: int, seed: int, out_of_range: bool = False) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    lo, hi = np.array(law.low), np.array(law.high)
+    if not out_of_range:
+        return rng.uniform(lo, hi, (n, len(lo)))
+    rows = []
+    while sum(len(r) for r in rows) < n:
+        X = rng.uniform(lo, hi + (hi - lo) / 2, (4 * n, len(lo)))
+        rows.append(X[(X > hi).any(1)])
+    return np.concatenate(rows)[:n]
+
+
+def law_data(law, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    X = sample(law, N_POINTS, seed=1000 + index)
+    Y = evaluate(law.expr, law.symbols, X)
+    return torch.tensor(X, dtype=torch.float32), torch.tensor(Y, dtype=torch.float32)[:, None]
+
+
+def train_net(law, index: int, cache: Path) -> tuple[Model, dict]:
+    X, Y = law_data(law, index)
+    path = cache / f"{law.name}-{index}.pt"
+    net = Standardized(X.shape[1], X.mean(0), X.std(0), Y.mean(0), Y.std(0))
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        net.load_state_dict(saved["state"])
+        info = saved["info"]
+    else:
+        torch.manual_seed(index)
+        net = Standardized(X.shape[1], X.mean(0), X.std(0), Y.mean(0), Y.std(0))
+        g = torch.Generator().manual_seed(index)
+        opt = torch.optim.Adam(net.mlp.parameters(), 3e-3)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, STEPS)
+        Z = (Y - net.y_mean) / net.y_std
+        t0 = time.perf_counter()
+        for _ in range(STEPS):
+            idx = torch.randint(0, len(X), (512,), generator=g)
+            loss = ((net.mlp((X[idx] - net.x_mean) / net.x_std) - Z[idx]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        info = {"train_seconds": time.perf_counter() - t0}
+        cache.mkdir(parents=True, exist_ok=True)
+        torch.save({"state": net.state_dict(), "info": info}, path)
+    with torch.no_grad():
+        mse = float(((net(X) - Y) ** 2).mean())
+    info = dict(info, mse=mse, nmse=mse / float(Y.var()))
+    return Model(net).eval(), info
+
+
+# ----------------------------------------------------------------------------------------------
+# scoring an equation against the law
+
+
+def out_of_range_error(expr, law, seed: int = 7) -> float:
+    X = sample(law, 4000, seed, out_of_range=True)
+    t = evaluate(law.expr, law.symbols, X)
+    ok = np.isfinite(t)
+    pred = evaluate(expr, law.symbols, X[ok])
+    err = math.sqrt(float(np.mean((pred - t[ok]) ** 2))) / float(np.std(t[ok]))
+    return err if math.isfinite(err) else math.inf
+
+
+def _closed_form(v: float) -> sympy.Expr:
+    """A rounded constant: a simple rational, or a rational multiple of a power of pi."""
+    for basis in (sympy.Integer(1), sympy.pi, 1 / sympy.pi, sympy.pi**2, 1 / sympy.pi**2,
+                  sympy.sqrt(sympy.pi), 1 / sympy.sqrt(2 * sympy.pi)):
+        r = sympy.Rational(v / float(basis)).limit_denominator(64)
+        if r != 0 and abs(float(r * basis) - v) <= 1e-7 * abs(v):
+            return r * basis
+    return sympy.Float(v)
+
+
+def exact_form(expr, law, seed: int = 11) -> tuple[bool, str]:
+    """(whether ``expr`` has the law's exact form, the law as read off it, or why not).
+
+    1. Constants the equation does not need are rounded to zero: greedily, as long as the
+       equation moves by less than ``PRUNE_TOL / 2`` of the truth's spread in all.
+    2. The remaining constants are refit to the truth (Levenberg-Marquardt from their values, on
+       in- and out-of-range points). The form is the law's when the refit equation equals the
+       truth (relative RMS < ``EXACT_TOL``) and moved less than ``PRUNE_TOL`` from the equation
+       found: a refit may not delete a term that mattered.
+    3. sympy confirms it: the refit equation, simplified, with its constants rounded to closed
+       forms (simple rationals, rational multiples of powers of pi), minus the law is 0.
+    """
+    from scipy.optimize import least_squares
+
+    syms = law.symbols
+    X_in = sample(law, 2000, seed)
+    X = np.concatenate([X_in, sample(law, 2000, seed + 1, out_of_range=True)])
+    truth = evaluate(law.expr, syms, X)
+    ok = np.isfinite(truth)
+    X, truth = X[ok], truth[ok]
+    spread = float(np.std(evaluate(law.expr, syms, X_in)))
+    found = evaluate(expr, syms, X_in)
+
+    def moved(e, ref=found):
+        if e.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
+            return math.inf
+        d = evaluate(e, syms, X_in) - ref
+        return math.sqrt(float(np.mean(d * d))) / spread if np.all(np.isfinite(d)) else math.inf
+
+    def prune(e, tol):
+        ref = evaluate(e, syms, X_in)
+        order = sorted(e.atoms(sympy.Float), key=lambda c: moved(e.xreplace({c: sympy.S.Zero}), ref))
+        for c in order:
+            trial = e.xreplace({c: sympy.S.Zero})
+            if moved(trial, ref) < tol:
+                e = trial
+        return e
+
+    cur = prune(expr, PRUNE_TOL / 2)
+    consts = sorted(cur.atoms(sympy.Float), key=str)
+    params = sympy.symbols(f"p0:{len(consts)}")
+    template = cur.xreplace(dict(zip(consts, params)))
+    f = sympy.lambdify(list(params) + syms, template, "numpy")
+
+    def resid(p):
+        with np.errstate(all="ignore"):
+            r = (np.broadcast_to(f(*p, *X.T), truth.shape) - truth) / spread
+        return np.where(np.isfinite(r), r, 1e6)
+
+    p = np.array([float(c) for c in consts])
+    if len(p):
+        p = least_squares(resid, p, method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15,
+                          max_nfev=4000).x
+    rel = math.sqrt(float(np.mean(resid(p) ** 2)))
+    if not rel < EXACT_TOL:
+        return False, f"the closest equation of this form is {rel:.1e} (relative RMS) off"
+    # 10 digits: constants a degenerate form fits to the same value become equal, so that
+    # simplify can merge them (a*x/sqrt(b - b*y) with a = sqrt(b) is x/sqrt(1 - y))
+    refit = template.xreplace({q: sympy.Float(f"{v:.10g}", 15) for q, v in zip(params, p)})
+    if moved(refit) >= PRUNE_TOL:
+        return False, f"only a refit that moves it {moved(refit):.1%} of the spread matches"
+    closed = sympy.simplify(prune(refit, 1e-9))
+    closed = closed.xreplace({c: _closed_form(float(c)) for c in closed.atoms(sympy.Float)})
+    # the database's variables are positive (or, for angles, non-negative): say so to sympy
+    pos = {x: sympy.Symbol(x.name, positive=True) for x in syms}
+    a, b = closed.xreplace(pos), law.expr.xreplace(pos)
+    # (equal squares suffice: the refit already matches the truth numerically, sign included)
+    if any(sympy.simplify(t) == 0 for t in (a - b, a / b - 1, a**2 - b**2)):
+        return True, str(closed)
+    return False, f"numerically the law, but sympy could not confirm the refit {closed}"
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+
+def distill(model: Model, X: torch.Tensor, restarts: int | None, engine_kw: dict):
+    """(symbolic model, wall seconds, CPU seconds of this process and its workers)."""
+    engine = sfx.Operon(**engine_kw) if engine_kw else None
+    kw = {} if restarts is None else {"restarts": restarts}
+    cpu0, t0 = _cpu(), time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sym = sfx.compile(model, targets=["net"], sample_inputs=X.split(2048),
+                          engine=engine, progress=False, **kw)
+    return sym, time.perf_counter() - t0, _cpu() - cpu0
+
+
+def _cpu() -> float:
+    """CPU seconds used so far by this process and its finished (joined) worker processes."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def choose(front: ParetoFront, rule, noise=None) -> int:
+    f = ParetoFront(front.region, front.output, list(front.equations))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _select.apply(f, rule, noise)
+    return f.chosen
+
+
+def score(expr, law) -> dict:
+    """recovered: out of range within ``OOR_TOL``; exact: recovered and of the law's form."""
+    oor = out_of_range_error(expr, law)
+    if oor >= OOR_TOL:
+        return {"oor": oor, "recovered": False, "exact": False, "why": "not recovered"}
+    exact, why = exact_form(expr, law)
+    return {"oor": oor, "recovered": True, "exact": exact, "why": why}
+
+
+def run_law(law, index: int, args, engine_kw: dict) -> dict:
+    cache = Path(os.environ.get("FEYNMAN_CACHE", Path.home() / ".cache" / "symtorch_fx"))
+    model, info = train_net(law, index, cache / "feynman_nets")
+    X, Y = law_data(law, index)
+    load = os.getloadavg()[0]
+    sym, seconds, cpu = distill(model, X, args.restarts, engine_kw)
+    front = sym.equations["net"][0]
+    rec = {
+        "law": law.name, "index": index, "formula": law.formula, "d": len(law.variables),
+        "net": info, "seconds": seconds, "cpu_seconds": cpu, "load": load,
+        "restarts": args.restarts,
+        "front": [{"text": e.text(), "complexity": e.complexity, "loss": e.loss,
+                   "finite": e.finite} for e in front],
+    }
+    return judge(rec, law)
+
+
+def front_of(rec: dict, law) -> ParetoFront:
+    """The recorded front, rebuilt (full-precision text; complexity and loss as measured)."""
+    syms = {f"x{i}": v for i, v in enumerate(law.symbols)}
+    eqs = [Equation(parse(e["text"], syms), e["complexity"], e["loss"], tuple(law.symbols),
+                    e.get("finite", True)) for e in rec["front"]]
+    return ParetoFront("net", "y0", eqs)
+
+
+def judge(rec: dict, law) -> dict:
+    """Apply every rule to the recorded front and score every equation on it against the law."""
+    front = front_of(rec, law)
+    noise = rec["net"]["mse"]  # what labels= measures: the network's MSE against its targets
+    picks = {rule: choose(front, rule) for rule in RULES}
+    picks["auto + labels"] = choose(front, "auto", noise)
+    scored = {i: score(front[i].expr, law) for i in range(len(front))}
+    return dict(rec, picks=picks, scored={str(k): v for k, v in scored.items()})
+
+
+def table(records: list[dict]) -> str:
+    rules = list(records[0]["picks"])
+    lines = ["| rule | recovered (OOR < 3%) | exact form |", "|---|---|---|"]
+    n = len(records)
+    for rule in rules:
+        rec = sum(r["scored"][str(r["picks"][rule])]["recovered"] for r in records)
+        ex = sum(r["scored"][str(r["picks"][rule])]["exact"] for r in records)
+        lines.append(f"| {rule} | {rec}/{n} | {ex}/{n} |")
+    rec = sum(any(v["recovered"] for v in r["scored"].values()) for r in records)
+    ex = sum(any(v["exact"] for v in r["scored"].values()) for r in records)
+    lines.append(f"| (on the front: any equation) | {rec}/{n} | {ex}/{n} |")
+    secs = [r["seconds"] for r in records]
+    cpu = [r["cpu_seconds"] for r in records]
+    load = [r["load"] for r in records]
+    lines.append("")
+    lines.append(f"distillation per law: wall median {np.median(secs):.1f} s (max {max(secs):.1f} s), "
+                 f"CPU median {np.median(cpu):.1f} s (max {max(cpu):.1f} s); "
+                 f"1-min load average {min(load):.1f}-{max(load):.1f}")
+    return "\n".join(lines)
+
+
+def per_law(records: list[dict]) -> str:
+    lines = ["| law | d | net NMSE | wall s | CPU s | auto picks | c | auto | best | labels |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def mark(r, rule):
+        s = r["scored"][str(r["picks"][rule])]
+        return "exact" if s["exact"] else ("recovered" if s["recovered"] else "no")
+
+    for r in records:
+        chosen = r["front"][r["picks"]["auto"]]
+        lines.append(
+            f"| {r['law']} | {r['d']} | {r['net']['nmse']:.1e} | {r['seconds']:.0f} | "
+            f"{r['cpu_seconds']:.0f} | `{_short(chosen['text'])}` | {chosen['complexity']} | "
+            f"{mark(r, 'auto')} | "
+            f"{mark(r, 'best')} | {mark(r, 'auto + labels')} |")
+    return "\n".join(lines)
+
+
+def _short(text: str, digits: int = 4) -> str:
+    """An equation's text with its constants rounded for a table."""
+    return re.sub(r"\d+\.\d+(e[-+]?\d+)?", lambda m: f"{float(m.group()):.{digits}g}", text)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--laws", nargs="*", help="equation numbers to run (default: the suite)")
+    p.add_argument("--restarts", type=int, default=None, help="default: convert's default")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="sfx.Operon settings, e.g. generations=100")
+    p.add_argument("--out", type=Path, help="write the per-law records (JSON) here")
+    p.add_argument("--rescore", type=Path, metavar="JSON",
+                   help="no searches: re-apply the rules and re-score the fronts recorded in "
+                        "JSON (after a change to a rule or to the scoring), then print the tables")
+    args = p.parse_args(argv)
+    if args.rescore:
+        saved = json.loads(args.rescore.read_text())
+        laws, _ = feynman_suite.load()
+        saved["records"] = [judge(r, laws[r["index"]]) for r in saved["records"]]
+        if args.out:
+            args.out.write_text(json.dumps(saved, indent=1))
+        print(table(saved["records"]))
+        print()
+        print(per_law(saved["records"]))
+        return
+    engine_kw = {}
+    for kv in args.set:
+        k, v = kv.split("=", 1)
+        engine_kw[k] = json.loads(v) if v[:1] in "[{\"" or v[:1].isdigit() else v
+    torch.set_num_threads(1)
+    laws, source = feynman_suite.load()
+    indexed = [(i, law) for i, law in enumerate(laws) if not args.laws or law.name in args.laws]
+    print(f"{len(indexed)} laws from {source}; {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, torch {torch.__version__}", flush=True)
+    # resumable: laws already in --out (same settings) are kept, not run again
+    records = []
+    if args.out and args.out.exists():
+        saved = json.loads(args.out.read_text())
+        if saved.get("settings") == engine_kw:
+            wanted = {law.name for _, law in indexed}
+            records = [r for r in saved["records"] if r["law"] in wanted
+                       and r["restarts"] == args.restarts]
+    done = {r["law"] for r in records}
+    for i, law in indexed:
+        if law.name in done:
+            continue
+        rec = run_law(law, i, args, engine_kw)
+        records.append(rec)
+        s = rec["scored"][str(rec["picks"]["auto"])]
+        print(f"{law.name:10s} {rec['seconds']:5.1f} s  nmse {rec['net']['nmse']:.1e}  "
+              f"auto -> {rec['front'][rec['picks']['auto']]['text']}  "
+              f"[{'exact' if s['exact'] else 'recovered' if s['recovered'] else 'no'}]",
+              flush=True)
+        if args.out:
+            args.out.write_text(json.dumps({"settings": engine_kw, "records": records},
+                                           indent=1))
+    print()
+    print(table(records))
+    print()
+    print(per_law(records))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The Feynman fidelity benchmark's suite and scoring (benchmarks/feynman_*.py).
+
+The benchmark's headline numbers are only as good as its verdicts, so the parser of tinybig's data
+file and the exact-form check are tested here, on the real laws.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sympy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import feynman_fidelity as fid  # noqa: E402
+import feynman_suite  # noqa: E402
+from symtorch_fx._expr import parse  # noqa: E402
+
+LAWS = {law.name: law for law in feynman_suite._from_csv(feynman_suite.VENDORED.read_text())}
+
+# the data file's syntax, two rows as tinybig ships them (I.18.12 lists 2 variables but has 3)
+DATA_FILE = '''
+import torch
+Feynman_Equations = (
+    "Filename,Number,Output,Formula,# variables,v1_name,v1_low,v1_high,v2_name,v2_low,v2_high",
+    "I.12.4,11,Ef,q1*r/(4*pi*epsilon*r**3),3,q1,1,5,epsilon,1,5,r,1,5,,,,,,",
+    "I.18.12,22,tau,r*F*sin(theta),2,r,1,5,F,1,5,theta,0,5,,,,,,",
+)
+Other = ("never read",)
+'''
+
+
+def test_data_file_is_parsed_without_running_it():
+    rows = feynman_suite._rows_from_source(DATA_FILE)
+    laws = [feynman_suite.parse_row(r) for r in rows[1:]]
+    assert laws[0] == LAWS["I.12.4"]
+    assert laws[1].variables == ("r", "F", "theta") and laws[1].low == (1.0, 1.0, 0.0)
+    assert laws[1] == LAWS["I.18.12"]
+    with pytest.raises(ValueError, match="no Feynman_Equations"):
+        feynman_suite._rows_from_source("Feynman = ()")
+
+
+def test_vendored_suite_is_the_selection_rule_applied():
+    laws = list(LAWS.values())
+    assert len(laws) == 35
+    assert feynman_suite.select(laws) == laws  # eligible, one law per functional form
+    for law in laws:
+        X = fid.sample(law, 200, seed=0)
+        assert np.isfinite(fid.evaluate(law.expr, law.symbols, X)).all(), law.name
+
+
+def found(name: str, text: str):
+    law = LAWS[name]
+    return parse(text, {f"x{i}": s for i, s in enumerate(law.symbols)}), law
+
+
+@pytest.mark.parametrize("name, text", [
+    ("I.12.4", "0.0795814*x0/(x1*x2^2)"),  # 1/(4 pi) as fitted in float32
+    ("II.11.28", "-2.004 + 3.362e+04/(-3727*x0*x1 + 1.119e+04)"),  # an over-parametrized form
+    ("I.6.2a", "0.3989492*exp(-0.5000084*x0^2)"),
+    ("III.15.12", "1.997*(x0*(1.001 - cos(0.9998*x1*x2))) - 0.0005669"),
+])
+def test_exact_form_accepts_the_law_as_found(name, text):
+    expr, law = found(name, text)
+    assert fid.out_of_range_error(expr, law) < fid.OOR_TOL
+    exact, closed = fid.exact_form(expr, law)
+    assert exact, closed
+    pos = {s: sympy.Symbol(s.name, positive=True) for s in law.symbols}
+    assert sympy.simplify(parse_closed(closed, law).xreplace(pos) - law.expr.xreplace(pos)) == 0
+
+
+def parse_closed(text: str, law):
+    return sympy.sympify(text, locals={s.name: s for s in law.symbols})
+
+
+@pytest.mark.parametrize("name, text, recovered", [
+    # a term the law lacks: within 3% out of range, but 2.4% of the spread in range
+    ("I.12.4", "0.0795814*x0/(x1*x2^2) + 0.001*sin(3*x0)", True),
+    # a look-alike that extrapolates within 3% but is not the law (Feynman I.34.14)
+    ("I.34.14", "0.3733*x2*exp(exp(0.859*x1/x0)) + 0.0002725", True),
+    # another form altogether
+    ("I.12.4", "0.08*x0/(x1*x2)", False),
+])
+def test_exact_form_rejects_other_forms(name, text, recovered):
+    expr, law = found(name, text)
+    assert (fid.out_of_range_error(expr, law) < fid.OOR_TOL) == recovered
+    assert not fid.exact_form(expr, law)[0]
+    assert not fid.score(expr, law)["exact"]
