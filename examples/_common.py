@@ -1,0 +1,98 @@
+"""What the science examples share: command line, threads, timing, least squares, output paths.
+
+The examples (``gnn_forces.py``, ``pinn_constants.py``, ``lorenz_latent.py``) are importable: each
+has a ``Config`` with a ``FULL`` and a ``QUICK`` budget and a ``run(config)`` that returns what it
+found, so the test suite runs the same code on small budgets (``tests/test_science.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run with ``n`` torch threads, then restore the previous setting.
+
+    The networks here are small (widths 32 to 128): on 2 cores one thread trains them faster than
+    two, because the parallel kernels spend more time synchronising than computing (and the
+    symbolic-regression workers want the cores anyway).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class Clock:
+    """Wall time per named stage: ``with clock("train"): ...``; ``clock.total``."""
+
+    def __init__(self):
+        self.stages: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - t0
+
+    @property
+    def total(self) -> float:
+        return sum(self.stages.values())
+
+    def __str__(self) -> str:
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items())
+        return f"{self.total:.1f} s ({parts})"
+
+
+def linear_fit(y: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least squares ``y ~ basis @ coef + intercept``; returns ``(coef..., intercept)`` and R^2."""
+    A = np.column_stack([basis, np.ones(len(y))])
+    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+    resid = y - A @ coef
+    spread = float(y.var())
+    return coef, 1.0 - float(resid.var()) / spread if spread > 0 else 0.0
+
+
+def relative_mse(pred, target) -> float:
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    return float(np.mean((pred - target) ** 2) / np.mean((target - target.mean(0)) ** 2))
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The options every example takes: ``--quick``, ``--seed``, ``--no-figure``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true",
+                   help="the small budget the test suite uses (seconds, not minutes)")
+    p.add_argument("--seed", type=int, default=None, help="seed for data, training and search")
+    p.add_argument("--no-figure", action="store_true", help="do not write the PNG figure")
+    return p
+
+
+def config_from(args: argparse.Namespace, full, quick):
+    cfg = quick if args.quick else full
+    return replace(cfg, seed=args.seed) if args.seed is not None else cfg
+
+
+def figure_path(name: str) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    return OUT / name
+
+
+def machine() -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{os.cpu_count()} CPU cores, load average {load:.1f}"
