@@ -73,24 +73,35 @@ def relative_mse(pred, target) -> float:
     return float(np.mean((pred - target) ** 2) / np.mean((target - target.mean(0)) ** 2))
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    """The options every example takes: ``--quick``, ``--seed``, ``--no-figure``."""
-    p = argparse.ArgumentParser(description=description)
+def main(doc: str, full, quick, run, report, figure, png: str,
+         subset: tuple[str, list[str]] | None = None) -> None:
+    """The command line every example has: ``--quick`` (the test-suite budget), ``--seed``,
+    ``--no-figure``, and ``--<subset> A B`` to run only some of the systems in
+    ``config.<subset>``. Prints the report and the wall time, writes ``out/<png>``."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--quick", action="store_true",
                    help="the small budget the test suite uses (seconds, not minutes)")
     p.add_argument("--seed", type=int, default=None, help="seed for data, training and search")
     p.add_argument("--no-figure", action="store_true", help="do not write the PNG figure")
-    return p
-
-
-def config_from(args: argparse.Namespace, full, quick):
+    if subset is not None:
+        p.add_argument(f"--{subset[0]}", nargs="+", choices=subset[1],
+                       help="run only these (default: those of the chosen budget)")
+    args = p.parse_args()
     cfg = quick if args.quick else full
-    return replace(cfg, seed=args.seed) if args.seed is not None else cfg
-
-
-def figure_path(name: str) -> Path:
-    OUT.mkdir(parents=True, exist_ok=True)
-    return OUT / name
+    if args.seed is not None:
+        cfg = replace(cfg, seed=args.seed)
+    if subset is not None and getattr(args, subset[0]):
+        cfg = replace(cfg, **{subset[0]: tuple(getattr(args, subset[0]))})
+    print(f"{doc.splitlines()[0]}\n{machine()}; {cfg}")
+    clock = Clock()
+    with clock("all"):
+        results = run(cfg, progress=True)
+    print(report(results))
+    if not args.no_figure:
+        OUT.mkdir(parents=True, exist_ok=True)
+        figure(results, OUT / png)
+        print(f"\nfigure: {OUT / png}")
+    print(f"total {clock.total:.0f} s")
 
 
 def machine() -> str:

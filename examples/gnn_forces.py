@@ -35,10 +35,11 @@ import torch.nn as nn
 import symtorch_fx as sfx
 
 try:
-    from _common import Clock, config_from, figure_path, linear_fit, machine, parser, torch_threads
+    from _common import Clock, linear_fit, torch_threads
+    from _common import main as common_main
 except ImportError:  # imported as examples.gnn_forces
-    from ._common import (Clock, config_from, figure_path, linear_fit, machine, parser,
-                          torch_threads)
+    from ._common import Clock, linear_fit, torch_threads
+    from ._common import main as common_main
 
 N_PARTICLES = 4
 VARIABLES = ("dx", "dy", "r", "m", "q")
@@ -417,26 +418,6 @@ def figure(results: dict[str, LawResult], path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--laws", nargs="+", choices=sorted(LAWS), help="laws to run (default: all)")
-    args = p.parse_args()
-    cfg = config_from(args, FULL, QUICK)
-    if args.laws:
-        from dataclasses import replace
-
-        cfg = replace(cfg, laws=tuple(args.laws))
-    print(f"GNN n-body forces, {machine()}; {cfg}")
-    clock = Clock()
-    with clock("all"):
-        results = run(cfg, progress=True)
-    print(report(results))
-    if not args.no_figure:
-        path = figure_path("gnn_forces.png")
-        figure(results, path)
-        print(f"\nfigure: {path}")
-    print(f"total {clock.total:.0f} s")
-
-
 if __name__ == "__main__":
-    main()
+    common_main(__doc__, FULL, QUICK, run, report, figure, "gnn_forces.png",
+                ("laws", sorted(LAWS)))

@@ -34,9 +34,11 @@ from scipy.integrate import solve_ivp
 import symtorch_fx as sfx
 
 try:
-    from _common import Clock, config_from, figure_path, machine, parser, torch_threads
+    from _common import Clock, torch_threads
+    from _common import main as common_main
 except ImportError:  # imported as examples.lorenz_latent
-    from ._common import Clock, config_from, figure_path, machine, parser, torch_threads
+    from ._common import Clock, torch_threads
+    from ._common import main as common_main
 
 SIGMA, RHO, BETA = 10.0, 28.0, 8.0 / 3.0
 DT = 0.01  # sampling interval of the observations
@@ -337,7 +339,8 @@ def report(res: Result) -> str:
         truth = {"sigma": SIGMA, "rho": RHO, "beta": BETA, "dy/dt: y": -1.0,
                  "dy/dt: x*z": -1.0, "dz/dt: x*y": 1.0}
         for k, v in res.constants.items():
-            lines.append(f"   {k:<12}{truth[k]:>9.4f}{v:>11.4f}   ({100 * (v / truth[k] - 1):+.2f}%)")
+            off = 100 * (v / truth[k] - 1)
+            lines.append(f"   {k:<12}{truth[k]:>9.4f}{v:>11.4f}   ({off:+.2f}%)")
         lines.append(f"   largest term Lorenz does not have: {100 * res.spurious:.2f}% of its "
                      "equation's largest term (typical sizes on the attractor)")
     lines.append(f"\nforecasts of {len(res.plot['errors']['neural'])} unseen trajectories "
@@ -370,12 +373,13 @@ def figure(res: Result, path) -> None:
     times = p["times"]
     for name, color in (("neural", "C0"), ("symbolic", "C3")):
         err = p["errors"][name]
-        ax.semilogy(times, np.median(err, 0), color=color, label=f"{name} (median)")
+        label = "neural dynamics" if name == "neural" else "distilled dynamics"
+        ax.semilogy(times, np.median(err, 0), color=color, label=f"{label} (median, quartiles)")
         ax.fill_between(times, np.percentile(err, 25, 0), np.percentile(err, 75, 0),
                         color=color, alpha=0.2)
     ax.axhline(p["threshold"], color="k", lw=0.8, ls=":")
     ax.set(xlabel="forecast time", ylabel="normalized error (64-d observations)",
-           title="forecast error: neural vs distilled dynamics", ylim=(1e-5, 3))
+           title="forecast error on unseen trajectories", ylim=(1e-4, 3))
     ax.legend(fontsize=8)
     ax = fig.add_subplot(1, 3, 3)
     k = int(np.argmax(np.abs(p["truth"]).std(0)))
@@ -389,20 +393,5 @@ def figure(res: Result, path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
-    cfg = config_from(args, FULL, QUICK)
-    print(f"Lorenz from {cfg.dim}-d observations, {machine()}; {cfg}")
-    clock = Clock()
-    with clock("all"):
-        res = run(cfg, progress=True)
-    print(report(res))
-    if not args.no_figure:
-        path = figure_path("lorenz_latent.png")
-        figure(res, path)
-        print(f"\nfigure: {path}")
-    print(f"total {clock.total:.0f} s")
-
-
 if __name__ == "__main__":
-    main()
+    common_main(__doc__, FULL, QUICK, run, report, figure, "lorenz_latent.png")

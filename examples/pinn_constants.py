@@ -32,9 +32,11 @@ import torch.nn as nn
 import symtorch_fx as sfx
 
 try:
-    from _common import Clock, config_from, figure_path, machine, parser, torch_threads
+    from _common import Clock, torch_threads
+    from _common import main as common_main
 except ImportError:  # imported as examples.pinn_constants
-    from ._common import Clock, config_from, figure_path, machine, parser, torch_threads
+    from ._common import Clock, torch_threads
+    from ._common import main as common_main
 
 ALPHA = 0.2  # heat: diffusivity
 C_DAMP, K_SPRING, T_OSC = 0.4, 4.0, 6.0  # oscillator: damping, stiffness, time span
@@ -289,7 +291,8 @@ def run_system(name: str, cfg: Config, progress: bool = False) -> SystemResult:
     with clock("distill"):
         sym = sfx.compile(model, targets="", sample_inputs=[problem.grid], engine=engine,
                           restarts=cfg.restarts, seed=cfg.seed, progress=progress)
-    eq = sym.equations[""][0].equation
+    front = sym.equations[""][0]
+    eq = front.equation
     # one input without a feature dimension is called x (see feature_names): for the
     # oscillator that x is time
     syms = {s.name: s for s in eq.expr.free_symbols}
@@ -309,7 +312,9 @@ def run_system(name: str, cfg: Config, progress: bool = False) -> SystemResult:
         dict(clock.stages), history,
         dict(grid=[g.numpy() for g in problem.grid], exact=problem.exact.numpy(),
              pinn=pinn_out.numpy(), sym=sym_out.numpy(),
-             observed=[o.numpy() for o in problem.observed]),
+             observed=[o.numpy() for o in problem.observed],
+             front=dict(complexity=front.complexities, loss=[e.loss for e in front],
+                        chosen=front.chosen)),
         sym)
 
 
@@ -328,11 +333,12 @@ def report(results: dict[str, SystemResult]) -> str:
         lines.append(f"   {'constant':<10}{'truth':>10}{'PINN':>10}{'distilled':>11}"
                      f"{'error':>9}")
         errs = res.relative_errors()
+        num = lambda v, w: f"{v:>{w}.5f}" if v is not None else f"{'-':>{w}}"  # noqa: E731
         for k, v in res.truth.items():
-            pinn = res.pinn.get(k)
-            lines.append(f"   {k:<10}{v:>10.4f}{pinn if pinn is not None else float('nan'):>10.4f}"
-                         f"{res.recovered.get(k, float('nan')):>11.4f}"
-                         f"{100 * errs.get(k, float('nan')):>8.2f}%")
+            err = errs.get(k)
+            lines.append(f"   {k:<10}{num(v, 10)}{num(res.pinn.get(k), 10)}"
+                         f"{num(res.recovered.get(k), 11)}"
+                         + (f"{100 * err:>8.3f}%" if err is not None else f"{'-':>9}"))
         lines.append(f"   RMS error vs exact solution: PINN {res.pinn_error:.2e}, "
                      f"distilled equation {res.equation_error:.2e}")
     return "\n".join(lines)
@@ -345,15 +351,14 @@ def figure(results: dict[str, SystemResult], path) -> None:
     import matplotlib.pyplot as plt
 
     n = len(results)
-    fig, axes = plt.subplots(n, 3, figsize=(13, 3.8 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 4, figsize=(17, 3.9 * n), squeeze=False)
     for i, res in enumerate(results.values()):
         p = res.plot
         if res.name == "heat":
             side = int(round(math.sqrt(len(p["exact"]))))
-            shape = (side, side)
             ext = (0, 1, 0, 1)
             ax = axes[i, 0]
-            im = ax.imshow(p["pinn"].reshape(shape).T, origin="lower", extent=ext,
+            im = ax.imshow(p["pinn"].reshape(side, side).T, origin="lower", extent=ext,
                            aspect="auto", cmap="viridis")
             ax.scatter(p["observed"][0], p["observed"][1], c="w", edgecolors="k", s=30,
                        label="10 observations")
@@ -361,11 +366,12 @@ def figure(results: dict[str, SystemResult], path) -> None:
             ax.legend(fontsize=7, loc="upper right")
             fig.colorbar(im, ax=ax)
             ax = axes[i, 1]
-            err = np.abs(p["sym"] - p["exact"]).reshape(shape).T
+            err = np.abs(p["sym"] - p["exact"]).reshape(side, side).T
             im = ax.imshow(np.log10(err + 1e-12), origin="lower", extent=ext, aspect="auto",
-                           cmap="magma")
+                           cmap="magma", vmin=-7, vmax=-3)
             ax.set(xlabel="x", ylabel="t",
-                   title=f"log10 |distilled - exact|  (PINN RMS {res.pinn_error:.1e})")
+                   title=f"log10 |distilled - exact|: RMS {res.equation_error:.1e}\n"
+                         f"(PINN: RMS {res.pinn_error:.1e})")
             fig.colorbar(im, ax=ax)
         else:
             t = p["grid"][0]
@@ -384,45 +390,33 @@ def figure(results: dict[str, SystemResult], path) -> None:
             ax.set(xlabel="t", ylabel="|error|", title="error against the exact solution")
             ax.legend(fontsize=7)
         ax = axes[i, 2]
+        front = p["front"]
+        ax.semilogy(front["complexity"], front["loss"], "o-", color="0.4", ms=4)
+        k = front["chosen"]
+        ax.semilogy([front["complexity"][k]], [front["loss"][k]], "*", color="C3", ms=14,
+                    label="chosen: " + res.equation.replace("*", "")[:60])
+        ax.set(xlabel="complexity", ylabel="MSE against the PINN",
+               title="Pareto front (symtorch_fx, Operon)")
+        ax.legend(fontsize=7, loc="upper right")
+        ax = axes[i, 3]
         steps = np.arange(len(res.history))
-        for j, (k, v) in enumerate(res.truth.items()):
-            if k not in res.pinn:
+        for j, (name, v) in enumerate(res.truth.items()):
+            if name not in res.pinn:
                 continue
-            learned = np.array([h[k] for h in res.history]) / v
-            ax.plot(steps, learned, color=f"C{j}", label=f"PINN {k} / truth")
-            if k in res.recovered:
-                ax.axhline(res.recovered[k] / v, color=f"C{j}", ls="--",
-                           label=f"distilled {k} / truth = {res.recovered[k] / v:.4f}")
+            learned = np.array([h[name] for h in res.history]) / v
+            ax.plot(steps, learned, color=f"C{j}", label=f"PINN {name} / truth")
+            if name in res.recovered:
+                ax.axhline(res.recovered[name] / v, color=f"C{j}", ls="--",
+                           label=f"distilled {name} / truth = {res.recovered[name] / v:.4f}")
         ax.axhline(1.0, color="k", lw=0.8)
-        ax.set(xlabel="training checkpoint (50 Adam steps each; last: L-BFGS)",
-               ylabel="constant / truth", title="learned constants", ylim=(0, 1.6))
+        ax.set(xlabel="checkpoint (50 Adam steps each; last: L-BFGS)",
+               ylabel="constant / truth", title="learned constants", ylim=(0, 2.7))
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
 
-def main() -> None:
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--systems", nargs="+", choices=sorted(PROBLEMS),
-                   help="systems to run (default: all)")
-    args = p.parse_args()
-    cfg = config_from(args, FULL, QUICK)
-    if args.systems:
-        from dataclasses import replace
-
-        cfg = replace(cfg, systems=tuple(args.systems))
-    print(f"PINN constants, {machine()}; {cfg}")
-    clock = Clock()
-    with clock("all"):
-        results = run(cfg, progress=True)
-    print(report(results))
-    if not args.no_figure:
-        path = figure_path("pinn_constants.png")
-        figure(results, path)
-        print(f"\nfigure: {path}")
-    print(f"total {clock.total:.0f} s")
-
-
 if __name__ == "__main__":
-    main()
+    common_main(__doc__, FULL, QUICK, run, report, figure, "pinn_constants.png",
+                ("systems", sorted(PROBLEMS)))
