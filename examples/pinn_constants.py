@@ -397,7 +397,7 @@ def figure(results: dict[str, SystemResult], path) -> None:
                     label="chosen: " + res.equation.replace("*", "")[:60])
         ax.set(xlabel="complexity", ylabel="MSE against the PINN",
                title="Pareto front (symtorch_fx, Operon)")
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="lower left")
         ax = axes[i, 3]
         steps = np.arange(len(res.history))
         for j, (name, v) in enumerate(res.truth.items()):
