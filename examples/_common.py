@@ -55,8 +55,13 @@ class Clock:
         return sum(self.stages.values())
 
     def __str__(self) -> str:
-        parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items())
-        return f"{self.total:.1f} s ({parts})"
+        return stages(self.stages)
+
+
+def stages(seconds: dict[str, float]) -> str:
+    """``"95 s: train 44 s, distill 49 s"``."""
+    parts = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+    return f"{sum(seconds.values()):.0f} s: {parts}"
 
 
 def linear_fit(y: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, float]:
@@ -68,16 +73,22 @@ def linear_fit(y: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, float]:
     return coef, 1.0 - float(resid.var()) / spread if spread > 0 else 0.0
 
 
-def relative_mse(pred, target) -> float:
-    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
-    return float(np.mean((pred - target) ** 2) / np.mean((target - target.mean(0)) ** 2))
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def main(doc: str, full, quick, run, report, figure, png: str,
          subset: tuple[str, list[str]] | None = None) -> None:
     """The command line every example has: ``--quick`` (the test-suite budget), ``--seed``,
     ``--no-figure``, and ``--<subset> A B`` to run only some of the systems in
-    ``config.<subset>``. Prints the report and the wall time, writes ``out/<png>``."""
+    ``config.<subset>``. Prints ``report(results)`` and the wall time; ``figure(results)``
+    returns the matplotlib figure written to ``out/<png>``."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--quick", action="store_true",
                    help="the small budget the test suite uses (seconds, not minutes)")
@@ -99,7 +110,10 @@ def main(doc: str, full, quick, run, report, figure, png: str,
     print(report(results))
     if not args.no_figure:
         OUT.mkdir(parents=True, exist_ok=True)
-        figure(results, OUT / png)
+        fig = figure(results)
+        fig.tight_layout()
+        fig.savefig(OUT / png, dpi=130)
+        pyplot().close(fig)
         print(f"\nfigure: {OUT / png}")
     print(f"total {clock.total:.0f} s")
 

@@ -1,6 +1,6 @@
 """GNN n-body forces: the interaction law read off a graph network's messages.
 
-    python examples/gnn_forces.py            # spring, 1/r, 1/r^2, charge (a few minutes)
+    python examples/gnn_forces.py            # spring, 1/r, 1/r^2, charge (~4-7 min on 2 cores)
     python examples/gnn_forces.py --laws spring r2 --quick
 
 The result of Cranmer et al. (2020), "Discovering Symbolic Models from Deep Learning with
@@ -35,10 +35,10 @@ import torch.nn as nn
 import symtorch_fx as sfx
 
 try:
-    from _common import Clock, linear_fit, torch_threads
+    from _common import Clock, linear_fit, pyplot, stages, torch_threads
     from _common import main as common_main
 except ImportError:  # imported as examples.gnn_forces
-    from ._common import Clock, linear_fit, torch_threads
+    from ._common import Clock, linear_fit, pyplot, stages, torch_threads
     from ._common import main as common_main
 
 N_PARTICLES = 4
@@ -267,7 +267,7 @@ class Component:
 class LawResult:
     law: str
     n_train: int
-    train_l1: float
+    network_l1: float
     hybrid_l1: float  # the GNN with the distilled equations in place of the edge MLP
     components: list[Component]
     recovered: bool
@@ -364,9 +364,8 @@ def report(results: dict[str, LawResult]) -> str:
     lines = []
     for res in results.values():
         lines.append(f"\n== {res.law}: truth {TRUTH[res.law]}  "
-                     f"({res.n_train} snapshots, {sum(res.seconds.values()):.0f} s: "
-                     + ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items()) + ")")
-        lines.append(f"   acceleration L1 error on test systems: network {res.train_l1:.4f}, "
+                     f"({res.n_train} snapshots, {stages(res.seconds)})")
+        lines.append(f"   acceleration L1 error on test systems: network {res.network_l1:.4f}, "
                      f"network with distilled messages {res.hybrid_l1:.4f}")
         for c in res.components:
             lines.append(f"   message y{c.index} (std {c.std:.3f}), complexity {c.complexity}: "
@@ -379,11 +378,8 @@ def report(results: dict[str, LawResult]) -> str:
     return "\n".join(lines)
 
 
-def figure(results: dict[str, LawResult], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def figure(results: dict[str, LawResult]):
+    plt = pyplot()
 
     n = len(results)
     fig, axes = plt.subplots(2, n, figsize=(3.6 * n, 6.6), squeeze=False)
@@ -413,9 +409,7 @@ def figure(results: dict[str, LawResult], path) -> None:
             ax.legend(fontsize=7, loc="best")
     fig.suptitle("GNN messages are linear in the true pair force; the distilled equations are "
                  "the law, far outside the training range too", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    return fig
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Lorenz from high-dimensional data: latent dynamics learnt by a network, then distilled.
 
-    python examples/lorenz_latent.py           # about 2-3 minutes on 2 cores
+    python examples/lorenz_latent.py           # ~1.5 min on 2 cores
     python examples/lorenz_latent.py --quick
 
 1. Lorenz trajectories (sigma = 10, rho = 28, beta = 8/3; scipy ``solve_ivp``) are observed only
@@ -34,10 +34,10 @@ from scipy.integrate import solve_ivp
 import symtorch_fx as sfx
 
 try:
-    from _common import Clock, torch_threads
+    from _common import Clock, pyplot, stages, torch_threads
     from _common import main as common_main
 except ImportError:  # imported as examples.lorenz_latent
-    from ._common import Clock, torch_threads
+    from ._common import Clock, pyplot, stages, torch_threads
     from ._common import main as common_main
 
 SIGMA, RHO, BETA = 10.0, 28.0, 8.0 / 3.0
@@ -318,8 +318,7 @@ def evaluate(net: LatentODE, sym, data: Data, cfg: Config, noise: list[float]) -
 
 
 def report(res: Result) -> str:
-    lines = [f"distilled latent dynamics ({sum(res.seconds.values()):.0f} s: "
-             + ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items()) + ")"]
+    lines = [f"distilled latent dynamics ({stages(res.seconds)})"]
     for k, (eq, cx) in enumerate(zip(res.equations, res.complexities)):
         lines.append(f"   d x{k}/dt = {eq}   (complexity {cx})")
     lines.append("   MSE on the training targets (latent derivatives), per latent: network "
@@ -354,11 +353,8 @@ def report(res: Result) -> str:
     return "\n".join(lines)
 
 
-def figure(res: Result, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def figure(res: Result):
+    plt = pyplot()
 
     p = res.plot
     fig = plt.figure(figsize=(15, 4.4))
@@ -388,9 +384,7 @@ def figure(res: Result, path) -> None:
     ax.plot(times, p["pred"]["symbolic"][:, k], color="C3", ls="--", label="distilled dynamics")
     ax.set(xlabel="t", ylabel=f"observation channel {k}", title="one forecast")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    return fig
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """PINN constants: the closed-form solution, and the physical constant in it, read off a PINN.
 
-    python examples/pinn_constants.py          # heat equation and damped oscillator (1-2 min)
+    python examples/pinn_constants.py          # heat equation and damped oscillator (~1 min)
     python examples/pinn_constants.py --quick
 
 Two physics-informed networks, each trained on 10 sparse observations plus the residual of its
@@ -22,6 +22,7 @@ symtorch_fx, so the oscillator's time is ``x`` in its front; the report renames 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,10 +33,10 @@ import torch.nn as nn
 import symtorch_fx as sfx
 
 try:
-    from _common import Clock, torch_threads
+    from _common import Clock, pyplot, stages, torch_threads
     from _common import main as common_main
 except ImportError:  # imported as examples.pinn_constants
-    from ._common import Clock, torch_threads
+    from ._common import Clock, pyplot, stages, torch_threads
     from ._common import main as common_main
 
 ALPHA = 0.2  # heat: diffusivity
@@ -126,7 +127,7 @@ class Problem:
     name: str
     model: nn.Module
     observed: tuple  # (inputs..., values): 10 sparse observations
-    loss: callable
+    loss: Callable[[], torch.Tensor]
     grid: tuple  # inputs on a regular grid, for distillation and error maps
     exact: torch.Tensor  # exact solution on the grid
 
@@ -325,8 +326,7 @@ def run(cfg: Config = FULL, progress: bool = False) -> dict[str, SystemResult]:
 def report(results: dict[str, SystemResult]) -> str:
     lines = []
     for res in results.values():
-        lines.append(f"\n== {res.name}  ({sum(res.seconds.values()):.0f} s: "
-                     + ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items()) + ")")
+        lines.append(f"\n== {res.name}  ({stages(res.seconds)})")
         lines.append(f"   distilled (complexity {res.complexity}): {res.equation}")
         if res.form is None:
             lines.append("   the equation does not have the damped-wave form")
@@ -344,11 +344,8 @@ def report(results: dict[str, SystemResult]) -> str:
     return "\n".join(lines)
 
 
-def figure(results: dict[str, SystemResult], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def figure(results: dict[str, SystemResult]):
+    plt = pyplot()
 
     n = len(results)
     fig, axes = plt.subplots(n, 4, figsize=(17, 3.9 * n), squeeze=False)
@@ -393,11 +390,11 @@ def figure(results: dict[str, SystemResult], path) -> None:
         front = p["front"]
         ax.semilogy(front["complexity"], front["loss"], "o-", color="0.4", ms=4)
         k = front["chosen"]
-        ax.semilogy([front["complexity"][k]], [front["loss"][k]], "*", color="C3", ms=14,
-                    label="chosen: " + res.equation.replace("*", "")[:60])
+        ax.semilogy([front["complexity"][k]], [front["loss"][k]], "*", color="C3", ms=14)
+        ax.text(0.97, 0.97, "chosen (★):\n" + res.equation.replace("*", ""), fontsize=7,
+                ha="right", va="top", transform=ax.transAxes)
         ax.set(xlabel="complexity", ylabel="MSE against the PINN",
                title="Pareto front (symtorch_fx, Operon)")
-        ax.legend(fontsize=7, loc="lower left")
         ax = axes[i, 3]
         steps = np.arange(len(res.history))
         for j, (name, v) in enumerate(res.truth.items()):
@@ -412,9 +409,7 @@ def figure(results: dict[str, SystemResult], path) -> None:
         ax.set(xlabel="checkpoint (50 Adam steps each; last: L-BFGS)",
                ylabel="constant / truth", title="learned constants", ylim=(0, 2.7))
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    return fig
 
 
 if __name__ == "__main__":
