@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-import sympy
 import torch
 import torch.nn as nn
 
@@ -23,6 +22,7 @@ from ._lower import Layout
 from ._match import Region, bind_module_sites, match_modules, match_patterns
 from ._model import RegionResult, State, attach, state_of
 from ._ops import CONSTANTS, FUNCTIONS
+from ._reduce import fit_reduction
 from ._rewrite import GraphHost, SwapHost, SymbolicModule
 from ._targets import normalize
 from ._trace import trace
@@ -148,6 +148,7 @@ def convert(
     selection="auto",
     noise=None,
     restarts: int = 1,
+    reduce=None,
     executor=None,
     progress: bool = True,
     validation: float = 0.25,
@@ -164,14 +165,43 @@ def convert(
         noise: the network's error (MSE) on a region's outputs, when known: a number for every
             output, or ``{region: number or [one per output]}``; ``"auto"`` uses it.
         restarts: independent searches (different seeds) per output, merged into one front.
+        reduce: ``sfx.PCA(inputs=a, outputs=b)`` or ``sfx.LearnedProjection(...)`` (or a dict
+            ``{target: reduction}``): distill equations between a few components of wide
+            inputs and outputs instead of every feature.
         executor: ``"processes"`` (default when there are several jobs), ``"threads"``,
             ``"inline"``, a ``concurrent.futures.Executor``, or a ``dask.distributed.Client``.
         validation: fraction of recorded rows held out to measure each equation's loss.
         kernel: how equations run (``"auto"``, ``"torch"``).
     """
+    st = _prepared_state(prepared)
+    results = distill_recordings(
+        st.regions, st.recorders, engine=engine, selection=selection, noise=noise,
+        restarts=restarts, reduce=reduce, executor=executor, progress=progress,
+        validation=validation, seed=seed, kernel=kernel, device=_device_of(prepared))
+    modes = {name: "symbolic" for name in results}
+    sym = st.host.symbolic({k: r.module for k, r in results.items()}, modes)
+    return attach(sym, State(st.host, results, modes))
+
+
+def distill_recordings(
+    regions: list[Region],
+    recorders: dict[str, Recorder],
+    *,
+    engine=None,
+    selection="auto",
+    noise=None,
+    restarts: int = 1,
+    reduce=None,
+    executor=None,
+    progress: bool = True,
+    validation: float = 0.25,
+    seed: int = 0,
+    kernel: str = "auto",
+    device: torch.device | None = None,
+) -> dict[str, RegionResult]:
+    """Recordings -> fronts -> chosen equations -> SymbolicModules, per region."""
     from ._operon import Operon
 
-    st = _prepared_state(prepared)
     engine = Operon() if engine is None else engine
     if not hasattr(engine, "search"):
         raise SymTorchFXError(
@@ -182,23 +212,30 @@ def convert(
         raise SymTorchFXError(f"restarts must be a positive integer, got {restarts!r}")
 
     data, jobs = {}, []
-    for ri, region in enumerate(st.regions):
-        rec = st.recorders[region.name]
+    for ri, region in enumerate(regions):
+        rec = recorders[region.name]
         X, Y = rec.data()
         if rec.n_nonfinite:
             warnings.warn(
                 f"target {region.name!r}: {rec.n_nonfinite} of {rec.n_rows + rec.n_nonfinite} "
                 "recorded rows contained NaN or inf and were dropped",
-                stacklevel=2,
+                stacklevel=3,
             )
         if len(X) < 4:
             raise RecordingError(
                 f"only {len(X)} row(s) recorded for target {region.name!r}; run more data through "
                 "the prepared model (at least a few hundred rows give useful equations)"
             )
-        names = feature_names(getattr(rec, "input_names", []), rec.layout)
+        projection = fit_reduction(reduce, X, Y, region.name)
+        if projection is None:
+            names = feature_names(getattr(rec, "input_names", []), rec.layout)
+            outs = output_names(rec.layout)
+        else:
+            X, Y = projection.inputs(X), projection.targets(Y)
+            names = [f"z{i}" for i in range(X.shape[1])]
+            outs = [f"w{k}" for k in range(Y.shape[1])]
         train, val = split_rows(len(X), validation, seed + ri)
-        data[region.name] = (X, Y, names, train, val)
+        data[region.name] = (X, Y, names, outs, train, val, projection)
         for k in range(Y.shape[1]):
             for r in range(restarts):
                 jobs.append(Job(region.name, k, r, X[train], Y[train, k], names,
@@ -209,12 +246,11 @@ def convert(
     for job, t in zip(jobs, texts):
         by_output.setdefault((job.region, job.output), []).extend(t)
 
-    results, modes = {}, {}
-    for region in st.regions:
-        rec = st.recorders[region.name]
-        X, Y, names, train, val = data[region.name]
+    results = {}
+    for region in regions:
+        rec = recorders[region.name]
+        X, Y, names, outs, train, val, projection = data[region.name]
         symbols = [variable(n) for n in names]
-        outs = output_names(rec.layout)
         fronts = []
         for k, out_name in enumerate(outs):
             front, _ = build_front(by_output[(region.name, k)], symbols, X[train], Y[train, k],
@@ -224,14 +260,20 @@ def convert(
         for front, rule, floor in zip(fronts, _select.per_output(selection, len(fronts)), floors):
             _select.apply(front, rule, floor)
         module = SymbolicModule(region.name, rec.layout, tuple(names), rec.arg_mask,
-                                rec.out_dtype, [f.equation.expr for f in fronts], kernel)
-        _place_like(module, prepared)
-        results[region.name] = RegionResult(region, tuple(names), fronts, module,
-                                            info={"rows": len(X), "engine": repr(engine)})
-        modes[region.name] = "symbolic"
-    modules = {k: r.module for k, r in results.items()}
-    sym = st.host.symbolic(modules, modes)
-    return attach(sym, State(st.host, results, modes))
+                                rec.out_dtype, [f.equation.expr for f in fronts], kernel,
+                                projection)
+        if device is not None:
+            module.to(device)
+        info = {"rows": len(X), "engine": repr(engine)}
+        if projection is not None:
+            info["projection"] = projection.describe()
+        results[region.name] = RegionResult(region, tuple(names), fronts, module, info=info)
+    return results
+
+
+def _device_of(model: nn.Module) -> torch.device | None:
+    p = next(model.parameters(), None)
+    return p.device if p is not None and p.device.type != "cpu" else None
 
 
 def _noise_for(noise, region: str, n: int) -> list[float | None]:
@@ -253,12 +295,6 @@ def _noise_for(noise, region: str, n: int) -> list[float | None]:
 
 def _job_seed(seed: int, region: int, output: int, restart: int) -> int:
     return int(np.random.SeedSequence([seed, region, output, restart]).generate_state(1)[0])
-
-
-def _place_like(module: SymbolicModule, model: nn.Module) -> None:
-    p = next(model.parameters(), None)
-    if p is not None and p.device.type != "cpu":
-        module.to(p.device)
 
 
 def run(prepared: nn.Module, batches, collect: bool = False) -> list | None:

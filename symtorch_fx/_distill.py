@@ -149,20 +149,32 @@ def build_front(
     X_val: np.ndarray,
     y_val: np.ndarray,
     X_all: np.ndarray,
+    w_train: np.ndarray | None = None,
+    w_val: np.ndarray | None = None,
 ) -> tuple[list[Equation], list[Equation]]:
     """Parse and score candidates; return (Pareto front, every scored candidate).
 
     The front always starts with the constant model (the mean). Candidates that do not parse or
     give non-finite values on held-out rows are dropped; ``finite`` records whether a candidate is
     finite on *every* recorded row.
+
+    ``w_train``/``w_val``: optional non-negative row weights (e.g. proximity to the point a local
+    explanation is about). With them the constant model is the weighted mean of ``y_train`` and
+    ``loss`` is the weighted mean squared error on the held-out rows.
     """
     symbols = {v.name: v for v in variables}
     scale = float(np.std(y_train)) or 1.0
     xv = torch.from_numpy(np.ascontiguousarray(X_val))
     xa = torch.from_numpy(np.ascontiguousarray(X_all))
     yv = np.asarray(y_val, np.float64)
-    mean = float(np.mean(y_train))
-    scored = [Equation(sympy.Float(mean), 1, float(np.mean((yv - mean) ** 2)), tuple(variables))]
+    wv = _normalized(w_val, len(yv), "w_val")
+    mean = float(np.average(y_train, weights=_normalized(w_train, len(y_train), "w_train")))
+
+    def mse(pred: np.ndarray) -> float:
+        sq = (pred - yv) ** 2
+        return float(np.mean(sq) if wv is None else np.sum(wv * sq))
+
+    scored = [Equation(sympy.Float(mean), 1, mse(np.full_like(yv, mean)), tuple(variables))]
     seen = {scored[0].expr}
     bad_syntax = []
     for text in dict.fromkeys(texts):
@@ -176,8 +188,7 @@ def build_front(
             continue
         seen.add(expr)
         with np.errstate(all="ignore"):
-            pred = evaluate([expr], xv, variables)[:, 0].numpy()
-            loss = float(np.mean((pred - yv) ** 2))
+            loss = mse(evaluate([expr], xv, variables)[:, 0].numpy())
         if not np.isfinite(loss):
             continue
         finite = bool(torch.isfinite(evaluate([expr], xa, variables)).all())
@@ -189,6 +200,15 @@ def build_front(
             stacklevel=2,
         )
     return pareto(scored), scored
+
+
+def _normalized(w, n: int, name: str) -> np.ndarray | None:
+    if w is None:
+        return None
+    w = np.asarray(w, np.float64)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise SymTorchFXError(f"{name} must be {n} finite, non-negative weights, not all zero")
+    return w / w.sum()
 
 
 def pareto(candidates: list[Equation]) -> list[Equation]:

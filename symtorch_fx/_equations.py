@@ -117,10 +117,12 @@ class ParetoFront(Sequence):
 class RegionEquations(Sequence):
     """The fronts of one region, one per output."""
 
-    def __init__(self, region: str, fronts: list[ParetoFront], variables: Sequence[str]):
+    def __init__(self, region: str, fronts: list[ParetoFront], variables: Sequence[str],
+                 projection: str | None = None):
         self.region = region
         self.fronts = fronts
         self.variables = tuple(variables)
+        self.projection = projection  # how inputs/outputs were reduced, if they were
 
     def __getitem__(self, i) -> ParetoFront:
         return self.fronts[i]
@@ -143,7 +145,10 @@ class RegionEquations(Sequence):
         for f in self.fronts:
             e = f.equation
             rows.append((f.output, str(e.complexity), f"{e.loss:.3e}", e.text(4)))
-        return f"{self.region}  (variables: {', '.join(self.variables)})\n" + _table(rows)
+        head = f"{self.region}  (variables: {', '.join(self.variables)})"
+        if self.projection:
+            head += f"\n  {self.projection}"
+        return head + "\n" + _table(rows)
 
 
 class Equations(Mapping):

@@ -51,6 +51,7 @@ class Recorder(nn.Module):
         self.layout: Layout | None = None
         self.arg_mask: tuple[bool, ...] | None = None  # which call arguments are tensors
         self.out_dtype: torch.dtype | None = None
+        self.device: torch.device | None = None  # where the region ran
         self.input_dtypes: tuple[torch.dtype, ...] = ()
 
     def extra_repr(self) -> str:
@@ -103,6 +104,7 @@ class Recorder(nn.Module):
         layout = Layout(tuple(widths), k_out)
         if self.layout is None:
             self.layout, self.arg_mask, self.out_dtype = layout, mask, out.dtype
+            self.device = out.device
             self.input_dtypes = tuple(a.dtype for a in data)
         elif layout != self.layout or mask != self.arg_mask:
             raise RecordingError(

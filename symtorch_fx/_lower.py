@@ -87,6 +87,7 @@ class _TorchPrinter:
 
     def __init__(self, names: dict[sympy.Symbol, str]):
         self.names = names
+        self.scalars: set[sympy.Symbol] = set()  # common subexpressions that are plain numbers
 
     def __call__(self, e) -> str:
         return self._p(e)[0]
@@ -95,7 +96,7 @@ class _TorchPrinter:
         if e.is_Symbol:
             if e not in self.names:
                 raise SymTorchFXError(f"equation uses the unknown symbol {e}")
-            return self.names[e], True
+            return self.names[e], e not in self.scalars
         if not e.free_symbols:  # a pure number, including pi, E, sqrt(2), ...
             v = float(e.evalf(17))
             if math.isnan(v):
@@ -140,7 +141,7 @@ class _TorchPrinter:
         if f in TORCH_UNARY:
             a, t = self._p(e.args[0])
             if not t:
-                a = f"torch.as_tensor({a})"
+                a = f"torch.as_tensor({a}, dtype=_dt)"
             return f"{TORCH_UNARY[f]}({a})", True
         if f in (sympy.Max, sympy.Min):
             return self._minmax(e)
@@ -232,8 +233,11 @@ def torch_source(
     reps, reduced = sympy.cse(list(templates), symbols=sympy.numbered_symbols("_t"), order="none")
     printer = _TorchPrinter(names)
     for t, (sym, sub) in enumerate(reps):
-        lines.append(f"    t{t} = {printer(sub)}")
+        code, tensor = printer._p(sub)
+        lines.append(f"    t{t} = {code}")
         names[sym] = f"t{t}"
+        if not tensor:
+            printer.scalars.add(sym)
     ref = "i0" if layout.inputs[0] is None else "i0[..., 0]"
     outs = []
     inputs = set(variables)

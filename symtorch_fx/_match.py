@@ -9,6 +9,7 @@ reached through ``get_attr`` are never inputs: they are fixed, not per-row featu
 from __future__ import annotations
 
 import operator
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -305,3 +306,102 @@ def _region_name(gm: fx.GraphModule, site: Site, fallback: str) -> str:
             k += 1
         common = common[:k]
     return ".".join(common) or fallback
+
+
+# ----------------------------------------------------------------------------------------------
+# dynamo graphs: no call_module nodes; every node says which modules it ran inside
+
+
+def dynamo_path(path: str) -> str:
+    """``"L['self'].layers[0].mlp"`` / ``"L['self'].layers.0.mlp"`` -> ``"layers.0.mlp"``."""
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    path = re.sub(r"\[['\"]([^'\"]+)['\"]\]", r".\1", path)
+    parts = path.split(".")
+    if parts and (parts[0] in ("L", "G") or parts[0].startswith(("L[", "G["))):
+        parts = parts[2:] if parts[0] in ("L", "G") else parts[1:]
+    return ".".join(p for p in parts if p)
+
+
+def _is_weight(node: fx.Node) -> bool:
+    if node.op == "get_attr":
+        return True
+    if node.op != "placeholder":
+        return False
+    arg = node.meta.get("grapharg")
+    if arg is not None:
+        if isinstance(getattr(arg, "example", None), nn.Parameter):
+            return True
+        src = getattr(getattr(arg, "source", None), "name", "")
+        src = src() if callable(src) else src
+        return "._parameters[" in str(src) or "._buffers[" in str(src)
+    return isinstance(node.meta.get("example_value"), nn.Parameter)
+
+
+def match_dynamo(gm: fx.GraphModule, specs: list[TargetSpec], model: nn.Module | None = None,
+                 names: set[str] | None = None) -> list[Region]:
+    """Regions of module targets in a dynamo graph, found through ``nn_module_stack``.
+
+    ``names``: if given, only these module paths (equations exist for them). Module paths that
+    do not occur in this graph are simply absent (another graph of the same model may hold
+    them); the caller checks that every target was found somewhere.
+    """
+    calls = [n for n in gm.graph.nodes if n.op.startswith("call_")]
+    classes: dict[str, type] = {}
+    members: dict[str, dict[str, list[fx.Node]]] = {}  # path -> call key -> nodes
+    for n in calls:
+        for key, (path, cls) in (n.meta.get("nn_module_stack") or {}).items():
+            qual = dynamo_path(path)
+            classes.setdefault(qual, cls)
+            members.setdefault(qual, {}).setdefault(str(key), []).append(n)
+    matched: dict[str, TargetSpec] = {}
+    for spec in specs:
+        if spec.kind == "pattern":
+            raise TargetError(
+                "op patterns are matched on torch.fx graphs; in the torch.compile backend "
+                "target modules (names, globs, classes, predicates)"
+            )
+        for qual, cls in sorted(classes.items(), key=lambda kv: (kv[0].count("."), kv[0])):
+            if names is not None and qual not in names:
+                continue
+            if spec.kind == "class":
+                hit = issubclass(cls, spec.raw)
+            elif spec.kind == "predicate":
+                if model is None:
+                    raise TargetError(
+                        f"{spec.describe()} needs the module objects: pass model= to "
+                        "sfx.backend(...) when targeting with a predicate"
+                    )
+                hit = spec.matcher(qual, model.get_submodule(qual))
+            else:
+                hit = spec.matcher(qual, None)
+            if hit and not any(_contains(t, qual) for t in matched):
+                matched[qual] = spec
+    regions = []
+    for qual, spec in matched.items():
+        sites = []
+        for nodes in members[qual].values():
+            site = _dynamo_site(nodes)
+            if site is None:
+                raise TargetError(
+                    f"target {qual!r} does not produce a single tensor value in the compiled "
+                    "graph (it returns several values, or a graph break splits it); target a "
+                    "submodule with one tensor output"
+                )
+            sites.append(site)
+        regions.append(Region(name=qual, kind="module", spec=spec.describe(), module=qual,
+                              sites=sites))
+    return regions
+
+
+def _dynamo_site(nodes: list[fx.Node]) -> Site | None:
+    body = set(nodes)
+    outs = [n for n in nodes if n.op != "output" and any(u not in body for u in n.users)]
+    if len(outs) != 1:
+        return None
+    inputs: list[fx.Node] = []
+    for n in nodes:
+        for a in n.all_input_nodes:
+            if a not in body and not _is_weight(a) and a not in inputs:
+                inputs.append(a)
+    return Site(output=outs[0].name, inputs=[a.name for a in inputs],
+                nodes=[n.name for n in nodes])

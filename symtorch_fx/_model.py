@@ -38,7 +38,8 @@ class RegionResult:
 
     def report(self) -> RegionEquations:
         self.sync()
-        return RegionEquations(self.region.name, self.fronts, self.variables)
+        return RegionEquations(self.region.name, self.fronts, self.variables,
+                               self.info.get("projection"))
 
 
 @dataclass

@@ -22,14 +22,20 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ._errors import SymTorchFXError
-from ._expr import substitute, templatize, variable
+from ._expr import substitute, templatize, to_text, variable
 from ._instrument import Tap, insert_recorders
 from ._lower import Layout, lower
 from ._match import Region
+from ._reduce import Projection
 
 
 class SymbolicModule(nn.Module):
-    """Computes a region's outputs from its equations. ``constants`` are trainable."""
+    """Computes a region's outputs from its equations. ``constants`` are trainable.
+
+    With a ``projection`` (see ``_reduce``) the equations relate components, not features:
+    ``y = out_mean + f((x - in_mean) @ in_basis) @ out_basis.T`` -- two matmuls around the
+    fused equations.
+    """
 
     def __init__(
         self,
@@ -40,6 +46,7 @@ class SymbolicModule(nn.Module):
         out_dtype: torch.dtype,
         equations: list[sympy.Expr],
         kernel: str = "auto",
+        projection: Projection | None = None,
     ):
         super().__init__()
         self.region = region
@@ -48,6 +55,21 @@ class SymbolicModule(nn.Module):
         self.arg_mask = tuple(arg_mask)
         self.out_dtype = out_dtype
         self.kernel = kernel
+        self.projection = projection
+        if projection is None:
+            self.eq_layout = layout
+        else:
+            if projection.in_basis.shape[0] != layout.n_features or (
+                    projection.out_basis.shape[0] != layout.n_outputs):
+                raise SymTorchFXError(
+                    f"{region}: the projection maps {projection.in_basis.shape[0]} -> "
+                    f"{projection.out_basis.shape[0]} features, but the region has "
+                    f"{layout.n_features} inputs and {layout.n_outputs} outputs"
+                )
+            self.eq_layout = Layout((projection.n_inputs,), projection.n_outputs)
+            for name in ("in_mean", "in_basis", "out_mean", "out_basis"):
+                self.register_buffer(name, torch.as_tensor(getattr(projection, name),
+                                                           dtype=torch.float32))
         self.constants = nn.Parameter(torch.zeros(0))
         self.set_equations(equations)
 
@@ -57,9 +79,10 @@ class SymbolicModule(nn.Module):
 
     def set_equations(self, equations: list[sympy.Expr]) -> None:
         """Replace the equations (one per output); constants become a new parameter."""
-        if len(equations) != self.layout.n_outputs:
+        if len(equations) != self.eq_layout.n_outputs:
             raise SymTorchFXError(
-                f"{self.region}: {len(equations)} equations for {self.layout.n_outputs} outputs"
+                f"{self.region}: {len(equations)} equations for {self.eq_layout.n_outputs} "
+                "outputs"
             )
         templates, values = [], []
         for e in equations:
@@ -70,7 +93,13 @@ class SymbolicModule(nn.Module):
         dtype = old.dtype if old.dtype.is_floating_point else torch.float32
         self.templates = templates
         self.constants = nn.Parameter(torch.tensor(values, dtype=dtype, device=old.device))
-        self._fn = lower(templates, self.layout, self.symbols, len(values), self.kernel)
+        self._fn = lower(templates, self.eq_layout, self.symbols, len(values), self.kernel)
+
+    def set_kernel(self, kernel: str) -> None:
+        """Run the same equations (and the same constants parameter) with another kernel."""
+        self.kernel = kernel
+        self._fn = lower(self.templates, self.eq_layout, self.symbols, self.constants.numel(),
+                         kernel)
 
     def equations(self) -> list[sympy.Expr]:
         """The current equations, with the current (possibly fine-tuned) constants."""
@@ -90,16 +119,26 @@ class SymbolicModule(nn.Module):
                     f"{self.region}: input {i} has shape {tuple(a.shape)}, but its equations were "
                     f"distilled for {w} features in the last dimension"
                 )
-        return self._fn(*data, self.constants).to(self.out_dtype)
+        if self.projection is None:
+            return self._fn(*data, self.constants).to(self.out_dtype)
+        cols = [a if w is not None else a.unsqueeze(-1) for a, w in zip(data, self.layout.inputs)]
+        x = cols[0] if len(cols) == 1 else torch.cat(cols, -1)
+        dt = torch.promote_types(x.dtype, self.in_basis.dtype)
+        z = (x.to(dt) - self.in_mean) @ self.in_basis
+        y = self._fn(z, self.constants) @ self.out_basis.T + self.out_mean
+        if self.layout.outputs is None:
+            y = y.squeeze(-1)
+        return y.to(self.out_dtype)
 
     def extra_repr(self) -> str:
         names = ["y"] if self.layout.outputs is None else [f"y{k}" for k in range(
             self.layout.outputs)]
         lines = [f"region={self.region!r}"]
-        from ._expr import to_text
-
+        if self.projection is not None:
+            lines.append(self.projection.describe())
+            names = [f"w{k}" for k in range(self.eq_layout.n_outputs)]
         for n, e in zip(names, self.equations()):
-            lines.append(f"{n} = {to_text(e.evalf(4)) if e.atoms(sympy.Float) else to_text(e)}")
+            lines.append(f"{n} = {to_text(e, 4)}")
         return "\n".join(lines)
 
     def __getstate__(self):
@@ -109,11 +148,31 @@ class SymbolicModule(nn.Module):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._fn = lower(self.templates, self.layout, self.symbols, self.constants.numel(),
+        self._fn = lower(self.templates, self.eq_layout, self.symbols, self.constants.numel(),
                          self.kernel)
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+def replace_sites(g: fx.Graph, regions: list[Region], target) -> None:
+    """Replace every site of ``regions`` in ``g`` by one ``call_module(target(region))`` taking
+    the site's data inputs; the site's nodes, and weights only they used, are erased."""
+    by_name = {n.name: n for n in g.nodes}
+    for region in regions:
+        for site in region.sites:
+            out = by_name[site.output]
+            with g.inserting_before(out):
+                new = g.call_module(target(region), tuple(by_name[a] for a in site.inputs))
+            out.replace_all_uses_with(new)
+            body = [by_name[n] for n in site.nodes]
+            attrs = {a for n in body for a in n.all_input_nodes if a.op == "get_attr"}
+            for n in reversed(body):
+                g.erase_node(n)
+            for a in attrs:
+                if not a.users:
+                    g.erase_node(a)
+    g.lint()
 
 
 class GraphHost:
@@ -153,23 +212,7 @@ class GraphHost:
     def apply(self, gm: fx.GraphModule, modes: dict[str, str]) -> None:
         """Point ``gm`` at a fresh copy of the original graph with the symbolic regions swapped."""
         g = self._graph()
-        by_name = {n.name: n for n in g.nodes}
-        for region in self.regions:
-            if modes.get(region.name) != "symbolic":
-                continue
-            for site in region.sites:
-                out = by_name[site.output]
-                with g.inserting_before(out):
-                    new = g.call_module(self.path(region), tuple(by_name[a] for a in site.inputs))
-                out.replace_all_uses_with(new)
-                body = [by_name[n] for n in site.nodes]
-                attrs = {a for n in body for a in n.all_input_nodes if a.op == "get_attr"}
-                for n in reversed(body):
-                    g.erase_node(n)
-                for a in attrs:
-                    if not a.users:
-                        g.erase_node(a)
-        g.lint()
+        replace_sites(g, [r for r in self.regions if modes.get(r.name) == "symbolic"], self.path)
         gm.graph = g
         gm.recompile()
 

@@ -14,15 +14,15 @@ import math
 import os
 import re
 
-import sympy
 import torch
 import torch.nn as nn
 
 from ._equations import Equation, ParetoFront
-from ._errors import EquationSyntaxError, SerializationError
+from ._errors import EquationSyntaxError, SerializationError, UntraceableModelError
 from ._expr import complexity, parse, variable
 from ._lower import Layout
 from ._match import Region, Site, bind_module_sites, op_key
+from ._reduce import Projection
 from ._model import RegionResult, State, attach, state_of
 from ._rewrite import GraphHost, SwapHost, SymbolicModule
 from ._trace import trace
@@ -38,49 +38,56 @@ _DTYPES = {str(d).removeprefix("torch."): d for d in (
 def save(sym: nn.Module, path: str | os.PathLike) -> None:
     """Write ``sym``'s equations (fronts, choices, tuned constants, modes) to ``path``."""
     st = state_of(sym)
-    host = st.host
+    write(path, st.results, st.modes, host=st.host.kind, class_name=st.host.class_name,
+          through_nn=getattr(st.host, "through_nn", False))
+
+
+def write(path, results: dict, modes: dict, *, host: str, class_name: str,
+          through_nn: bool = False) -> None:
     doc = {
         "format": FORMAT,
         "version": VERSION,
-        "model": host.class_name,
-        "host": host.kind,
-        "through_nn": getattr(host, "through_nn", False),
-        "regions": [],
+        "model": class_name,
+        "host": host,
+        "through_nn": through_nn,
+        "regions": [_region_doc(name, res, modes[name]) for name, res in results.items()],
     }
-    for name, res in st.results.items():
-        res.sync()
-        r, m = res.region, res.module
-        doc["regions"].append({
-            "name": name,
-            "kind": r.kind,
-            "module": r.module,
-            "ops": r.ops,
-            "sites": [{"output": s.output, "inputs": s.inputs, "nodes": s.nodes}
-                      for s in r.sites] if r.kind == "pattern" else [],
-            "layout": {"inputs": list(m.layout.inputs), "outputs": m.layout.outputs},
-            "arg_mask": list(m.arg_mask),
-            "out_dtype": str(m.out_dtype).removeprefix("torch."),
-            "kernel": m.kernel,
-            "variables": list(res.variables),
-            "mode": st.modes[name],
-            "fronts": [{
-                "output": f.output,
-                "chosen": f.chosen,
-                "rule": f.rule,
-                "equations": [{"expr": e.text(), "complexity": e.complexity,
-                               "loss": _num(e.loss), "finite": e.finite} for e in f.equations],
-            } for f in res.fronts],
-        })
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=1)
+
+
+def _region_doc(name: str, res, mode: str) -> dict:
+    res.sync()
+    r, m = res.region, res.module
+    return {
+        "name": name,
+        "kind": r.kind,
+        "module": r.module,
+        "ops": r.ops,
+        "sites": [{"output": s.output, "inputs": s.inputs, "nodes": s.nodes}
+                  for s in r.sites] if r.kind == "pattern" else [],
+        "layout": {"inputs": list(m.layout.inputs), "outputs": m.layout.outputs},
+        "arg_mask": list(m.arg_mask),
+        "out_dtype": str(m.out_dtype).removeprefix("torch."),
+        "kernel": m.kernel,
+        "variables": list(res.variables),
+        "projection": m.projection.to_json() if m.projection is not None else None,
+        "mode": mode,
+        "fronts": [{
+            "output": f.output,
+            "chosen": f.chosen,
+            "rule": f.rule,
+            "equations": [{"expr": e.text(), "complexity": e.complexity,
+                           "loss": _num(e.loss), "finite": e.finite} for e in f.equations],
+        } for f in res.fronts],
+    }
 
 
 def _num(v: float):
     return v if math.isfinite(v) else str(v)
 
 
-def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
-    """Rebuild the symbolic model saved at ``path`` on ``model`` (the same architecture)."""
+def _read_doc(path) -> tuple[dict, list[tuple]]:
     try:
         with open(path, encoding="utf-8") as fh:
             doc = json.load(fh)
@@ -92,11 +99,36 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
             f"{path} has format version {doc.get('version')!r}; this symtorch_fx reads {VERSION}")
     entries = doc.get("regions")
     _expect(isinstance(entries, list) and entries, f"{path} lists no regions")
+    _expect(doc.get("host") in ("graph", "swap", "dynamo"), f"{path}: unknown host {doc.get('host')!r}")
+    return doc, [_parse_region(e, path) for e in entries]
 
-    parsed = [_parse_region(e, path) for e in entries]
+
+def _results(parsed: list[tuple], device=None) -> tuple[dict, dict]:
+    results, modes = {}, {}
+    for region, layout, variables, fronts, arg_mask, dtype, kernel, mode, projection in parsed:
+        module = SymbolicModule(region.name, layout, variables, arg_mask, dtype,
+                                [f.equation.expr for f in fronts], kernel, projection)
+        if device is not None:
+            module.to(device)
+        info = {"projection": projection.describe()} if projection is not None else {}
+        results[region.name] = RegionResult(region, variables, fronts, module, info=info)
+        modes[region.name] = mode
+    return results, modes
+
+
+def read(path: str | os.PathLike) -> dict[str, RegionResult]:
+    """The equations saved at ``path``, without a model (for ``sfx.backend(equations=path)``)."""
+    _, parsed = _read_doc(path)
+    results, modes = _results(parsed)
+    for name, res in results.items():
+        res.info["mode"] = modes[name]
+    return results
+
+
+def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
+    """Rebuild the symbolic model saved at ``path`` on ``model`` (the same architecture)."""
+    doc, parsed = _read_doc(path)
     regions = [p[0] for p in parsed]
-    host_kind = doc.get("host")
-    _expect(host_kind in ("graph", "swap"), f"{path}: unknown host {host_kind!r}")
     for r in regions:
         if r.kind in ("module", "model"):
             try:
@@ -106,26 +138,23 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
                     f"{path} has equations for module {r.module!r}, which this "
                     f"{type(model).__name__} does not have"
                 ) from e
-    if host_kind == "graph":
+    if doc["host"] == "swap":
+        host = SwapHost(model, regions)
+    else:
         through_nn = bool(doc.get("through_nn"))
         leaves = {r.module for r in regions if r.kind == "module"}
-        gm = trace(model, leaves, through_nn=through_nn)
-        module_regions = [r for r in regions if r.kind in ("module", "model")]
-        bind_module_sites(module_regions, gm)
-        _check_pattern_sites(gm, [r for r in regions if r.kind == "pattern"], path)
-        host = GraphHost(gm, regions, through_nn)
-    else:
-        host = SwapHost(model, regions)
-
-    results, modes = {}, {}
-    for region, layout, variables, fronts, arg_mask, dtype, kernel, mode in parsed:
-        module = SymbolicModule(region.name, layout, variables, arg_mask, dtype,
-                                [f.equation.expr for f in fronts], kernel)
-        p = next(model.parameters(), None)
-        if p is not None:
-            module.to(p.device)
-        results[region.name] = RegionResult(region, variables, fronts, module)
-        modes[region.name] = mode
+        try:
+            gm = trace(model, leaves, through_nn=through_nn)
+        except UntraceableModelError:
+            if doc["host"] != "dynamo" or any(r.kind != "module" for r in regions):
+                raise
+            host = SwapHost(model, regions)  # saved by the torch.compile backend
+        else:
+            bind_module_sites([r for r in regions if r.kind in ("module", "model")], gm)
+            _check_pattern_sites(gm, [r for r in regions if r.kind == "pattern"], path)
+            host = GraphHost(gm, regions, through_nn)
+    p = next(model.parameters(), None)
+    results, modes = _results(parsed, p.device if p is not None else None)
     sym = host.symbolic({k: r.module for k, r in results.items()}, modes)
     return attach(sym, State(host, results, modes))
 
@@ -149,9 +178,20 @@ def _parse_region(e: dict, path) -> tuple:
     _expect(outs is None or (isinstance(outs, int) and outs > 0), f"{where}: bad output layout")
     layout = Layout(tuple(ins), outs)
     variables = e.get("variables")
-    _expect(isinstance(variables, list) and len(variables) == layout.n_features
+    projection = None
+    if e.get("projection") is not None:
+        try:
+            projection = Projection.from_json(e["projection"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise SerializationError(f"{where}: bad projection ({err})") from err
+        _expect(projection.in_basis.shape[0] == layout.n_features
+                and projection.out_basis.shape[0] == layout.n_outputs,
+                f"{where}: the projection does not fit the region's layout")
+    n_vars = layout.n_features if projection is None else projection.n_inputs
+    n_outs = layout.n_outputs if projection is None else projection.n_outputs
+    _expect(isinstance(variables, list) and len(variables) == n_vars
             and all(isinstance(v, str) and _IDENT.match(v) for v in variables),
-            f"{where}: variables must be {layout.n_features} identifiers")
+            f"{where}: variables must be {n_vars} identifiers")
     _expect(len(set(variables)) == len(variables), f"{where}: repeated variable names")
     dtype = _DTYPES.get(e.get("out_dtype"))
     _expect(dtype is not None, f"{where}: unknown out_dtype {e.get('out_dtype')!r}")
@@ -164,8 +204,8 @@ def _parse_region(e: dict, path) -> tuple:
     _expect(isinstance(kernel, str), f"{where}: bad kernel")
     symbols = {v: variable(v) for v in variables}
     fronts_doc = e.get("fronts")
-    _expect(isinstance(fronts_doc, list) and len(fronts_doc) == layout.n_outputs,
-            f"{where}: expected {layout.n_outputs} fronts")
+    _expect(isinstance(fronts_doc, list) and len(fronts_doc) == n_outs,
+            f"{where}: expected {n_outs} fronts")
     fronts = []
     for fd in fronts_doc:
         eqs = []
@@ -196,7 +236,7 @@ def _parse_region(e: dict, path) -> tuple:
     _expect(kind == "pattern" or isinstance(module, str), f"{where}: no module path")
     region = Region(name=name, kind=kind, spec="loaded", sites=sites or [Site(module=module)],
                     module=module, ops=[str(o) for o in e.get("ops") or []])
-    return region, layout, tuple(variables), fronts, tuple(arg_mask), dtype, kernel, mode
+    return region, layout, tuple(variables), fronts, tuple(arg_mask), dtype, kernel, mode, projection
 
 
 def _check_pattern_sites(gm, regions, path) -> None:

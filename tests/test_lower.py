@@ -19,7 +19,10 @@ X = sympy.symbols("x0 x1 x2", real=True)
 S = {s.name: s for s in X}
 
 
-def _fn(texts, layout=Layout((3,), None)):
+ROWS3 = Layout((3,), None)
+
+
+def _fn(texts, layout=ROWS3):
     exprs = [parse(t, S) for t in texts]
     temps, vals = [], []
     for e in exprs:
