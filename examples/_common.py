@@ -8,6 +8,7 @@ found, so the test suite runs the same code on small budgets (``tests/test_scien
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import time
 from contextlib import contextmanager
@@ -83,6 +84,19 @@ def pyplot():
     return plt
 
 
+def save_png(fig, path, dpi: int = 130) -> None:
+    """Write ``fig`` as a 256-colour PNG, dithered: a third of the size of matplotlib's RGBA
+    output (60-140 KB for these figures) with colour maps that still read as continuous."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        im.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE,
+                                   dither=Image.Dither.FLOYDSTEINBERG).save(path, optimize=True)
+
+
 def main(doc: str, full, quick, run, report, figure, png: str,
          subset: tuple[str, list[str]] | None = None) -> None:
     """The command line every example has: ``--quick`` (the test-suite budget), ``--seed``,
@@ -112,7 +126,7 @@ def main(doc: str, full, quick, run, report, figure, png: str,
         OUT.mkdir(parents=True, exist_ok=True)
         fig = figure(results)
         fig.tight_layout()
-        fig.savefig(OUT / png, dpi=130)
+        save_png(fig, OUT / png)
         pyplot().close(fig)
         print(f"\nfigure: {OUT / png}")
     print(f"total {clock.total:.0f} s")

@@ -391,7 +391,7 @@ def figure(results: dict[str, SystemResult]):
         ax.semilogy(front["complexity"], front["loss"], "o-", color="0.4", ms=4)
         k = front["chosen"]
         ax.semilogy([front["complexity"][k]], [front["loss"][k]], "*", color="C3", ms=14)
-        ax.text(0.97, 0.97, "chosen (★):\n" + res.equation.replace("*", ""), fontsize=7,
+        ax.text(0.97, 0.97, "chosen (★):\n" + res.equation.replace("*", "·"), fontsize=7,
                 ha="right", va="top", transform=ax.transAxes)
         ax.set(xlabel="complexity", ylabel="MSE against the PINN",
                title="Pareto front (symtorch_fx, Operon)")
