@@ -1,6 +1,6 @@
 """GNN n-body forces: the interaction law read off a graph network's messages.
 
-    python examples/gnn_forces.py            # spring, 1/r, 1/r^2, charge (~4-7 min on 2 cores)
+    python examples/gnn_forces.py            # spring, 1/r, 1/r^2, charge (~3 min on 2 cores)
     python examples/gnn_forces.py --laws spring r2 --quick
 
 The result of Cranmer et al. (2020), "Discovering Symbolic Models from Deep Learning with

@@ -1,6 +1,6 @@
 """Lorenz from high-dimensional data: latent dynamics learnt by a network, then distilled.
 
-    python examples/lorenz_latent.py           # ~1.5 min on 2 cores
+    python examples/lorenz_latent.py           # ~1 min on 2 cores
     python examples/lorenz_latent.py --quick
 
 1. Lorenz trajectories (sigma = 10, rho = 28, beta = 8/3; scipy ``solve_ivp``) are observed only
