@@ -248,10 +248,15 @@ def torch_source(
             printer.scalars.add(sym)
     ref = "i0" if layout.inputs[0] is None else "i0[..., 0]"
     outs = []
+    inputs = set(variables)
     for k, expr in enumerate(reduced):
         code, tensor = printer._p(expr)
         if not tensor:
             code = f"torch.full_like({ref}, {code}, dtype=_dt)"
+        elif not templates[k].free_symbols & inputs:
+            # constants only: a fresh tensor, not a broadcast view of ``c`` (a view of a
+            # parameter requires grad even under no_grad, and aliases the parameter)
+            code = f"torch.zeros_like({ref}, dtype=_dt) + {code}"
         lines.append(f"    o{k} = {code}")
         outs.append(f"o{k}")
     if layout.outputs is None:

@@ -88,6 +88,22 @@ def test_constant_and_scalar_layouts():
     torch.testing.assert_close(out, torch.arange(5.0) * 2)
 
 
+def test_constant_equation_is_a_fresh_tensor_not_a_view_of_the_constants():
+    # a view of a parameter requires grad even under no_grad, so .numpy() on such an output
+    # failed; it also aliased the parameter
+    _, fn, c = _fn(["2.5"], Layout((None, None, None), None))
+    c = torch.nn.Parameter(c)
+    z = torch.zeros(6)
+    with torch.no_grad():
+        out = fn(z, z, z, c)
+    assert not out.requires_grad
+    assert out.untyped_storage().data_ptr() != c.untyped_storage().data_ptr()
+    np.testing.assert_array_equal(out.numpy(), np.full(6, 2.5, np.float32))
+    out = fn(z, z, z, c)
+    out.sum().backward()  # the constant still trains
+    assert c.grad is not None and float(c.grad.sum()) == 6.0
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(-3, 3, allow_nan=False), min_size=3, max_size=3),
        st.sampled_from(CASES[:8]))
