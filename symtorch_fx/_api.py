@@ -180,7 +180,7 @@ def convert(
     results = distill_recordings(
         st.regions, st.recorders, engine=engine, selection=selection, noise=noise,
         restarts=restarts, reduce=reduce, executor=executor, progress=progress,
-        validation=validation, seed=seed, kernel=kernel, device=_device_of(prepared))
+        validation=validation, seed=seed, kernel=kernel)
     modes = {name: "symbolic" for name in results}
     sym = st.host.symbolic({k: r.module for k, r in results.items()}, modes)
     return attach(sym, State(st.host, results, modes))
@@ -200,7 +200,6 @@ def distill_recordings(
     validation: float = 0.25,
     seed: int = 0,
     kernel: str = "auto",
-    device: torch.device | None = None,
 ) -> dict[str, RegionResult]:
     """Recordings -> fronts -> chosen equations -> SymbolicModules, per region."""
     from ._operon import Operon
@@ -265,18 +264,13 @@ def distill_recordings(
         module = SymbolicModule(region.name, rec.layout, tuple(names), rec.arg_mask,
                                 rec.out_dtype, [f.equation.expr for f in fronts], kernel,
                                 projection)
-        if device is not None:
-            module.to(device)
+        if rec.device is not None and rec.device.type != "cpu":
+            module.to(rec.device)  # where the region ran
         info = {"rows": len(X), "engine": repr(engine)}
         if projection is not None:
             info["projection"] = projection.describe()
         results[region.name] = RegionResult(region, tuple(names), fronts, module, info=info)
     return results
-
-
-def _device_of(model: nn.Module) -> torch.device | None:
-    p = next(model.parameters(), None)
-    return p.device if p is not None and p.device.type != "cpu" else None
 
 
 def _noise_for(noise, region: str, n: int) -> list[float | None]:

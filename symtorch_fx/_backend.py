@@ -198,9 +198,8 @@ class Backend:
         regions = [self.regions[n] for n in got]
         for n in got:
             self.recorders[n].input_names = _input_names(self.regions[n])
-        device = self.recorders[got[0]].device
         with self._lock:
-            results = distill_recordings(regions, self.recorders, device=device, **settings)
+            results = distill_recordings(regions, self.recorders, **settings)
             self.results.update(results)
             self.modes.update({n: "symbolic" for n in results})
             self._version += 1

@@ -33,7 +33,7 @@ import sympy
 import torch
 
 from . import _fused
-from ._errors import SymTorchFXError
+from ._errors import KernelBuildError, SymTorchFXError
 from ._expr import constant_symbol
 from ._ops import sigmoid
 
@@ -308,7 +308,7 @@ def _compile(cmd: list[str], target: str, what: str) -> None:
     if proc.returncode != 0:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise SymTorchFXError(
+        raise KernelBuildError(
             f"compiling the fused CPU kernel failed ({what}):\n{proc.stderr[-3000:]}\n"
             "use kernel='torch' to run without it")
     os.replace(tmp, target)
@@ -324,12 +324,13 @@ def _headers(d: str, cxx: str, flags: list[str]) -> None:
     if os.path.exists(h + ".gch") or os.path.exists(h + ".nogch"):
         return
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    try:
-        if "Free Software Foundation" not in version:
-            raise SymTorchFXError("not GCC")
-        _compile([cxx, *flags, "-x", "c++-header", h], h + ".gch", "precompiled header")
-    except SymTorchFXError:
-        open(h + ".nogch", "w").close()  # compile from the header itself from now on
+    if "Free Software Foundation" in version:  # GCC
+        try:
+            _compile([cxx, *flags, "-x", "c++-header", h], h + ".gch", "precompiled header")
+            return
+        except KernelBuildError:
+            pass
+    open(h + ".nogch", "w").close()  # compile from the header itself from now on
 
 
 def _build(src: str) -> ctypes.CDLL:

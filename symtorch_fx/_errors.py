@@ -35,6 +35,10 @@ class EquationSyntaxError(SymTorchFXError):
     """Equation text does not conform to the restricted equation grammar."""
 
 
+class KernelBuildError(SymTorchFXError):
+    """A fused kernel could not be compiled on this machine."""
+
+
 class SerializationError(SymTorchFXError):
     """A saved symtorch_fx file is malformed or does not fit the model."""
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import sympy
 import torch
 
-from ._errors import SymTorchFXError
+from ._errors import KernelBuildError, SymTorchFXError
 from ._expr import constant_symbol, to_text
 from ._ops import sigmoid
 
@@ -371,18 +371,15 @@ class Lowered:
         kind = self.choose(inputs, c)
         if kind in ("triton", "cpp"):
             dtype = out_dtype or torch.promote_types(inputs[0].dtype, c.dtype)
-            if kind == "cpp" and self.kernel == "auto":
-                try:
-                    return self._fused(inputs, c, kind, dtype)
-                except SymTorchFXError as exc:
-                    if "compiling the fused CPU kernel failed" not in str(exc):
-                        raise
-                    from ._cpu import warn_unavailable
-
-                    self._cpp_failed = True
-                    warn_unavailable(str(exc).splitlines()[0])
-            else:
+            try:
                 return self._fused(inputs, c, kind, dtype)
+            except KernelBuildError as exc:
+                if self.kernel != "auto":
+                    raise
+                from ._cpu import warn_unavailable
+
+                self._cpp_failed = True  # "auto" runs the torch code from now on
+                warn_unavailable(str(exc).splitlines()[0])
         if kind == "inductor":
             if self._compiled is None:
                 self._compiled = torch.compile(self.torch_fn, fullgraph=True)
@@ -390,7 +387,6 @@ class Lowered:
         else:
             y = self.torch_fn(*inputs, c)
         return y if out_dtype is None else y.to(out_dtype)
-
 
     def _fused(self, inputs, c, kind: str, dtype: torch.dtype):
         from . import _fused

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 import symtorch_fx as sfx
 from symtorch_fx import _cpu, _fused
-from symtorch_fx._errors import SymTorchFXError
+from symtorch_fx._errors import KernelBuildError, SymTorchFXError
 from symtorch_fx._expr import parse
 from symtorch_fx._lower import AUTO_CPP_MIN_ROWS, Layout, lower
 
@@ -209,6 +209,23 @@ def test_compiled_kernels_are_cached_on_disk(monkeypatch):
 
     monkeypatch.setattr(_cpu, "_compile", no_compiler)
     torch.testing.assert_close(f(x, c.float()), y)
+
+
+def test_a_failed_cpp_build_falls_back_under_auto_and_is_an_error_under_cpp(
+        monkeypatch, tmp_path):
+    monkeypatch.setenv("SYMTORCH_FX_CACHE", str(tmp_path))
+    monkeypatch.setattr(_cpu, "_LIBS", {})
+    monkeypatch.setattr(_cpu, "_TOOLCHAIN", [("/bin/false", [])])  # a compiler that always fails
+    texts = ["x0*x1 - 0.375*sin(x2)"]  # a structure no other test compiles
+    x = torch.randn(AUTO_CPP_MIN_ROWS, 3)
+    _, f, c = build(texts, kernel="cpp")
+    with pytest.raises(KernelBuildError, match="use kernel='torch'"):
+        f(x, c.float())
+    _, f, c = build(texts)
+    with pytest.warns(RuntimeWarning, match="fused CPU kernel is unavailable"):
+        y = f(x, c.float())
+    torch.testing.assert_close(y, f.torch_fn(x, c.float()))
+    assert f.choose([x], c) == "torch"  # and it does not try again
 
 
 def test_auto_runs_cpp_on_large_cpu_batches_and_torch_on_small():
