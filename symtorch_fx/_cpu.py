@@ -6,7 +6,11 @@ on ``W`` rows at a time (``W`` = the SIMD width of ``at::vec::Vectorized``): it 
 rows' input columns from wherever they lie into registers (any strides, any of float32/64,
 float16, bfloat16), evaluates every output with common subexpressions shared, and scatters the
 results, so each input byte is read once and each output byte written once, and every
-intermediate value stays in a register. Transcendentals are ``at::vec``'s (SLEEF), the same
+intermediate value stays in a register. Packed rows of a power-of-two width (the usual
+``(N, F)`` activation) move as whole vectors, split into columns and joined back by in-register
+permutes; other layouts go through a small buffer a value at a time. Where an expression needs
+both the sine and the cosine of one argument (derivatives of ``sin`` do), one SLEEF call
+computes both. Transcendentals are ``at::vec``'s (SLEEF), the same
 vector math torch's own CPU kernels use. Arithmetic is float64 when an input or the constants are
 float64, float32 otherwise. Rows are split over ``torch.get_num_threads()`` OpenMP threads in
 chunks; sums over rows (the constants' gradients) are per-thread, added in a fixed order.
@@ -47,6 +51,11 @@ _CTYPE = {
     torch.bfloat16: "c10::BFloat16",
 }
 DTYPES = frozenset(_CTYPE)
+# SLEEF's sin-and-cos for 512- and 256-bit vectors, at the accuracy of at::vec's own sin and cos
+_SINCOS = {
+    torch.float32: ("Sleef_sincosf16_u35", "Sleef_sincosf8_u35"),
+    torch.float64: ("Sleef_sincosd8_u10", "Sleef_sincosd4_u10"),
+}
 
 # the headers every kernel includes: parsed once into a precompiled header where the compiler
 # is GCC (1.2 s of a 1.3 s compile are these headers)
@@ -61,6 +70,7 @@ _HEADERS = """\
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <utility>
 """
 
 _PRELUDE = """\
@@ -76,6 +86,19 @@ inline V sfx_sign(const V& x) { return x.gt(V(T(0))) - x.lt(V(T(0))); }
 inline V sfx_step(const V& x, T at_zero) { return x.gt(V(T(0))) + x.eq(V(T(0))) * V(at_zero); }
 inline V sfx_sigmoid(const V& x) { return V(T(1)) / (V(T(1)) + x.neg().exp()); }
 
+// sin and cos of one argument in one SLEEF call
+inline std::pair<V, V> sfx_sincos(const V& x) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const auto r = %(SINCOS512)s(x);
+  return {V(r.x), V(r.y)};
+#elif defined(CPU_CAPABILITY_AVX2)
+  const auto r = %(SINCOS256)s(x);
+  return {V(r.x), V(r.y)};
+#else
+  return {x.sin(), x.cos()};
+#endif
+}
+
 template <bool TWO>
 inline int64_t row_offset(int64_t r, int64_t n_inner, int64_t so, int64_t si) {
   if constexpr (TWO) {
@@ -90,6 +113,7 @@ inline int64_t row_offset(int64_t r, int64_t n_inner, int64_t so, int64_t si) {
 
 
 class CppPrinter(_fused.KernelPrinter):
+    SINCOS = True
     UNARY = {
         sympy.sin: "({x}).sin()",
         sympy.cos: "({x}).cos()",
@@ -135,6 +159,9 @@ class CppPrinter(_fused.KernelPrinter):
     def real_pow(self, b: str, e: str) -> str:
         return f"({b}).pow({e})"
 
+    def sincos(self, name: str, x: str) -> str:
+        return f"        const auto {name} = sfx_sincos({x});"
+
     def select(self, u: str, a: str, at_zero: float) -> str:
         zero = "V(T(0))"
         tie = f"V::blendv(V(T({at_zero!r})) * {a}, {zero}, {u} < {zero})"
@@ -177,44 +204,72 @@ def source(program: _fused.Program, compute: torch.dtype, in_dtypes, out_dtypes,
     consts = [f"  const V k{j}(cv[{j}]);" for j in program.constants]
     for j in program.constants:
         names[constant_symbol(j)] = f"k{j}"
-    n_reads = max(len(program.reads), 1)
-    gather = [f"        alignas(64) T buf[{n_reads}][W];",
-              "        const int64_t cnt = std::min<int64_t>(W, r1 - r);",
-              "        for (int64_t i = 0; i < cnt; ++i) {"]
-    for t in tensors:
-        gather.append(f"          const int64_t o{t} = row_offset<TWO>(r + i, n_inner, so{t}, "
-                      f"si{t});")
-    for idx, rd in enumerate(program.reads):
-        col = "" if rd.column is None else f" + {rd.column} * sc{rd.tensor}"
-        gather.append(f"          buf[{idx}][i] = static_cast<T>(p{rd.tensor}[o{rd.tensor}{col}]);")
-    gather.append("        }")
-    if program.reads:
-        gather.append("        for (int64_t i = cnt; i < W; ++i) {")
-        gather += [f"          buf[{idx}][i] = T(0);" for idx in range(len(program.reads))]
+    # Gather. A tensor whose rows are packed in the compute dtype, with a power-of-two width,
+    # is read in full blocks as `width` contiguous vector loads, split into its columns by
+    # deinterleaving (permutes in registers). Any other tensor, and the last partial block, goes
+    # through a small buffer one row at a time. Measured on the 2-input, 1-output law of the
+    # kernel benchmark at 2^20 rows, one thread: forward 0.68 -> 0.34 ms, backward
+    # 2.3 -> 0.73 ms with the vector path.
+    fast = {t for t in tensors if packed[t] and in_dtypes[t] == compute
+            and _vector_width(system.widths[t])}
+    slow_reads = [(idx, rd) for idx, rd in enumerate(program.reads) if rd.tensor not in fast]
+    gather = [f"        V {', '.join(f'v{i}' for i in range(len(program.reads)))};"
+              if program.reads else "",
+              "        const int64_t cnt = std::min<int64_t>(W, r1 - r);"]
+    if fast:
+        gather.append("        if (!TWO && cnt == W) {")
+        for t in sorted(fast):
+            w = system.widths[t] or 1
+            loads = [f"g{t}_{k}" for k in range(w)]
+            gather += [f"          const V {name} = V::loadu(p{t} + r * {w} + {k} * W);"
+                       for k, name in enumerate(loads)]
+            cols = _deinterleave(f"d{t}_", loads, list(range(w)), gather)
+            for idx, rd in enumerate(program.reads):
+                if rd.tensor == t:
+                    gather.append(f"          v{idx} = {cols[rd.column or 0]};")
+        gather += _buffered(slow_reads, tensors, fast, "cnt")
+        gather.append("        } else {")
+    gather += _buffered(list(enumerate(program.reads)), tensors, set(), "cnt")
+    if fast:
         gather.append("        }")
     for idx, rd in enumerate(program.reads):
-        gather.append(f"        const V v{idx} = V::loadu(buf[{idx}]);")
         names[rd.symbol] = f"v{idx}"
     printer = CppPrinter(names)
+    printer.pair_sincos([e for _, e in program.temps] + [e for *_, e in program.outputs]
+                        + list(program.sums))
     for i, (sym, e) in enumerate(program.temps):
         printer.bind(sym, f"t{i}", e)
+    # Scatter: the same in reverse; outputs are always packed rows of their group's width.
     n_out = len(program.outputs)
     widths = [len(g.exprs) for g in system.groups]
+    for o, (gi, col, e) in enumerate(program.outputs):
+        printer.lines.append(f"        const V o{o} = {printer(e)};")
+    fast_out = {gi for gi, w in enumerate(widths)
+                if out_dtypes[gi] == compute and _vector_width(w)}
+    by_group = {gi: [o for o, (g, _, _) in enumerate(program.outputs) if g == gi]
+                for gi in range(len(widths))}
     if n_out:
         printer.lines.append(f"        alignas(64) T ob[{n_out}][W];")
-    for o, (gi, col, e) in enumerate(program.outputs):
-        printer.lines.append(f"        ({printer(e)}).store(ob[{o}]);")
-    if n_out:
-        printer.lines.append("        for (int64_t i = 0; i < cnt; ++i) {")
-        for o, (gi, col, _) in enumerate(program.outputs):
-            printer.lines.append(f"          q{gi}[(r + i) * {widths[gi]} + {col}] = "
-                                 f"static_cast<{_CTYPE[out_dtypes[gi]]}>(ob[{o}][i]);")
+    if fast_out:
+        printer.lines.append("        if (cnt == W) {")
+        for gi in sorted(fast_out):
+            w = widths[gi]
+            ordered = [f"o{o}" for o in sorted(by_group[gi], key=lambda o: program.outputs[o][1])]
+            stream = _interleave(f"s{gi}_", ordered, printer.lines)
+            printer.lines += [f"          {v}.store(q{gi} + r * {w} + {k} * W);"
+                              for k, v in enumerate(stream)]
+        slow = [o for gi in range(len(widths)) if gi not in fast_out for o in by_group[gi]]
+        printer.lines += _scattered(slow, program, widths, out_dtypes, "cnt")
+        printer.lines.append("        } else {")
+    printer.lines += _scattered(range(n_out), program, widths, out_dtypes, "cnt")
+    if fast_out:
         printer.lines.append("        }")
     n_sums = len(program.sums)
     for s, e in enumerate(program.sums):
         printer.lines.append(f"        acc{s} = acc{s} + V::set(V(T(0)), {printer(e)}, cnt);")
 
-    src = [_PRELUDE % {"T": _CTYPE[compute], "CHUNK": CHUNK, "HEADER": header_name()},
+    src = [_PRELUDE % {"T": _CTYPE[compute], "CHUNK": CHUNK, "HEADER": header_name(),
+                      "SINCOS512": _SINCOS[compute][0], "SINCOS256": _SINCOS[compute][1]},
            "template <bool TWO>",
            "static void run(const int64_t* a) {"]
     src += unpack + consts
@@ -243,6 +298,83 @@ def source(program: _fused.Program, compute: torch.dtype, in_dtypes, out_dtypes,
             f"  if (a[{k + 4}]) run<true>(a); else run<false>(a);",
             "}", ""]
     return "\n".join(src)
+
+
+def _vector_width(w: int | None) -> bool:
+    """Whether rows of this many columns are split into columns by deinterleaving vectors."""
+    w = w or 1
+    return w <= 16 and w & (w - 1) == 0
+
+
+def _deinterleave(prefix: str, vecs: list[str], cols: list[int], lines: list[str]) -> dict:
+    """Code that splits ``vecs`` (consecutive vectors of rows with ``len(cols)`` interleaved
+    columns) into one vector per column; returns column -> expression. Each level halves the
+    period: the even positions of the stream hold ``cols[0::2]``, the odd ones ``cols[1::2]``."""
+    if len(cols) == 1:
+        return {cols[0]: vecs[0]}
+    even, odd = [], []
+    for i in range(0, len(vecs), 2):
+        name = f"{prefix}{len(lines)}"
+        lines.append(f"          const auto {name} = at::vec::deinterleave2({vecs[i]}, "
+                     f"{vecs[i + 1]});")
+        even.append(f"{name}.first")
+        odd.append(f"{name}.second")
+    out = _deinterleave(prefix, even, cols[0::2], lines)
+    out.update(_deinterleave(prefix, odd, cols[1::2], lines))
+    return out
+
+
+def _interleave(prefix: str, vals: list[str], lines: list[str]) -> list[str]:
+    """The inverse of :func:`_deinterleave`: one vector per column -> consecutive vectors of
+    packed rows, in memory order."""
+    if len(vals) == 1:
+        return list(vals)
+    even = _interleave(prefix, vals[0::2], lines)
+    odd = _interleave(prefix, vals[1::2], lines)
+    out = []
+    for e, o in zip(even, odd):
+        name = f"{prefix}{len(lines)}"
+        lines.append(f"          const auto {name} = at::vec::interleave2({e}, {o});")
+        out += [f"{name}.first", f"{name}.second"]
+    return out
+
+
+def _buffered(reads, tensors, skip, cnt: str) -> list[str]:
+    """Code that gathers ``reads`` (pairs of index and Read) one row at a time through a
+    buffer, padding the rows past ``cnt`` with zeros."""
+    if not reads:
+        return []
+    out = [f"        {{ alignas(64) T buf[{len(reads)}][W];",
+           f"        for (int64_t i = 0; i < {cnt}; ++i) {{"]
+    for t in tensors:
+        if t not in skip and any(rd.tensor == t for _, rd in reads):
+            out.append(f"          const int64_t o{t} = row_offset<TWO>(r + i, n_inner, so{t}, "
+                       f"si{t});")
+    for j, (_, rd) in enumerate(reads):
+        col = "" if rd.column is None else f" + {rd.column} * sc{rd.tensor}"
+        out.append(f"          buf[{j}][i] = static_cast<T>(p{rd.tensor}[o{rd.tensor}{col}]);")
+    out += ["        }",
+            f"        for (int64_t i = {cnt}; i < W; ++i) {{",
+            *[f"          buf[{j}][i] = T(0);" for j in range(len(reads))],
+            "        }"]
+    out += [f"        v{idx} = V::loadu(buf[{j}]);" for j, (idx, _) in enumerate(reads)]
+    out.append("        }")
+    return out
+
+
+def _scattered(outs, program, widths, out_dtypes, cnt: str) -> list[str]:
+    """Code that writes outputs ``outs`` (indices into ``program.outputs``) one row at a time."""
+    outs = list(outs)
+    if not outs:
+        return []
+    lines = [f"        o{o}.store(ob[{o}]);" for o in outs]
+    lines.append(f"        for (int64_t i = 0; i < {cnt}; ++i) {{")
+    for o in outs:
+        gi, col, _ = program.outputs[o]
+        lines.append(f"          q{gi}[(r + i) * {widths[gi]} + {col}] = "
+                     f"static_cast<{_CTYPE[out_dtypes[gi]]}>(ob[{o}][i]);")
+    lines.append("        }")
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------

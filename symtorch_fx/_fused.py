@@ -439,11 +439,14 @@ class KernelPrinter:
 
     UNARY: dict[type, str] = {}
     POW_INT_MAX = 16
+    SINCOS = False  # the language computes sin and cos of one argument in one call
 
     def __init__(self, names: dict[sympy.Symbol, str]):
         self.names = dict(names)
         self.lines: list[str] = []
         self._k = 0
+        self._pairs: set = set()  # arguments whose sin and cos are computed by one call
+        self._sincos: dict = {}
 
     # --- the language
     def lit(self, v: float) -> str:
@@ -470,7 +473,23 @@ class KernelPrinter:
     def select(self, u: str, a: str, at_zero: float) -> str:
         raise NotImplementedError
 
+    def sincos(self, name: str, x: str) -> str:
+        """A statement binding ``name`` to the pair (sin x, cos x), referred to as
+        ``name.first`` and ``name.second`` (printers with ``SINCOS``)."""
+        raise NotImplementedError
+
     # --- shared structure
+    def pair_sincos(self, exprs) -> None:
+        """Compute sin and cos of an argument that needs both (a law's derivative does) in
+        one call, where the language has one."""
+        if not self.SINCOS:
+            return
+        sins, coss = set(), set()
+        for e in exprs:
+            sins |= {a.args[0] for a in e.atoms(sympy.sin)}
+            coss |= {a.args[0] for a in e.atoms(sympy.cos)}
+        self._pairs = sins & coss
+
     def temp(self, code: str) -> str:
         name = f"_q{self._k}"
         self._k += 1
@@ -509,6 +528,13 @@ class KernelPrinter:
         if e.is_Pow:
             return self._pow(e.base, e.exp)
         f = e.func
+        if f in (sympy.sin, sympy.cos) and e.args[0] in self._pairs:
+            name = self._sincos.get(e.args[0])
+            if name is None:
+                name = f"_sc{len(self._sincos)}"
+                self.lines.append(self.sincos(name, self(e.args[0])))
+                self._sincos[e.args[0]] = name
+            return f"{name}.{'first' if f is sympy.sin else 'second'}"
         if f in self.UNARY:
             return self.UNARY[f].format(x=self(e.args[0]))
         if f in (sympy.Max, sympy.Min):
