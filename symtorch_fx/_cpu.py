@@ -516,6 +516,16 @@ def _check(tensors, c):
 
 def run(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums):
     """Run ``entry``'s forward (``needs is None``) or backward kernel; see ``_fused.run_forward``."""
+    call, outs, sums = launch(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums)
+    call()
+    return outs, sums
+
+
+def launch(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums):
+    """``(call, outs, sums)``: the kernel bound to its arguments and to freshly allocated
+    outputs, not yet run. ``call()`` fills ``outs`` and ``sums``; calling it again recomputes
+    into the same buffers (the kernel benchmark times the kernel alone this way, without the
+    allocation and first touch of its outputs)."""
     _check(tensors, c)
     rows = _fused.row_space(tensors, has_dim)
     compute = torch.float64 if any(t.dtype == torch.float64 for t in (*tensors, c)) \
@@ -524,7 +534,7 @@ def run(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums):
     threads = torch.get_num_threads()
     sums = torch.zeros((threads, n_sums), dtype=torch.float64)
     if rows.n == 0:
-        return outs, sums
+        return (lambda: None), outs, sums
     program = entry.program(needs)
     in_dtypes = tuple(t.dtype for t in rows.tensors)
     widths = program.system.widths
@@ -537,9 +547,12 @@ def run(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums):
         args += [rows.tensors[t].data_ptr(), *rows.strides[t]]
     args += [cv.data_ptr()] + [o.data_ptr() for o in outs]
     args += [sums.data_ptr(), rows.n, rows.n_inner, threads, int(rows.two_level)]
-    packed = (ctypes.c_int64 * len(args))(*args)
-    fn(packed)
-    return outs, sums
+    argv = (ctypes.c_int64 * len(args))(*args)
+
+    def call(_keep=(rows.tensors, cv)):  # the tensors argv points into live as long as call
+        fn(argv)
+
+    return call, outs, sums
 
 
 def warn_unavailable(reason: str) -> None:
