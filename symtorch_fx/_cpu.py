@@ -549,7 +549,7 @@ def launch(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums):
     args += [sums.data_ptr(), rows.n, rows.n_inner, threads, int(rows.two_level)]
     argv = (ctypes.c_int64 * len(args))(*args)
 
-    def call(_keep=(rows.tensors, cv)):  # the tensors argv points into live as long as call
+    def call(_keep=(rows.tensors, cv, outs, sums)):  # what argv points into lives with call
         fn(argv)
 
     return call, outs, sums
