@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from . import _select
+from ._engine import default_restarts
 from ._distill import Job, build_front, run_jobs, split_rows
 from ._equations import ParetoFront
 from ._expr import variable
@@ -147,7 +148,7 @@ def convert(
     engine=None,
     selection="auto",
     noise=None,
-    restarts: int = 1,
+    restarts: int | None = None,
     reduce=None,
     executor=None,
     progress: bool = True,
@@ -164,7 +165,8 @@ def convert(
             complexity, a callable, or a list of these (one per output).
         noise: the network's error (MSE) on a region's outputs, when known: a number for every
             output, or ``{region: number or [one per output]}``; ``"auto"`` uses it.
-        restarts: independent searches (different seeds) per output, merged into one front.
+        restarts: independent searches (different seeds) per output, merged into one front;
+            None: the engine's own default (``sfx.Operon``: 4 searches of 500 rows each).
         reduce: ``sfx.PCA(inputs=a, outputs=b)`` or ``sfx.LearnedProjection(...)`` (or a dict
             ``{target: reduction}``): distill equations between a few components of wide
             inputs and outputs instead of every feature.
@@ -193,7 +195,7 @@ def distill_recordings(
     engine=None,
     selection="auto",
     noise=None,
-    restarts: int = 1,
+    restarts: int | None = None,
     reduce=None,
     executor=None,
     progress: bool = True,
@@ -210,6 +212,8 @@ def distill_recordings(
             f"engine {engine!r} is not an Engine; use sfx.Operon(...) or sfx.PySR(...)"
         )
     engine.check()
+    if restarts is None:
+        restarts = default_restarts(engine)
     if not isinstance(restarts, int) or restarts < 1:
         raise SymTorchFXError(f"restarts must be a positive integer, got {restarts!r}")
 

@@ -19,6 +19,8 @@ class Engine(Protocol):
     name: str
     #: whether independent jobs may run concurrently in worker processes/threads
     parallel_jobs: bool
+    # optional, so not a member of the protocol: ``restarts``, the independent searches per
+    # output that ``convert`` runs and merges unless its ``restarts=`` says otherwise (default 1)
 
     def check(self) -> None:
         """Raise :class:`EngineUnavailableError` (saying how to fix it) if the engine cannot run."""
@@ -32,6 +34,11 @@ class Engine(Protocol):
         weights: np.ndarray | None = None,
     ) -> list[str]:
         """Fit ``y ~ f(X)``; return candidate equations over ``variables`` (grammar text)."""
+
+
+def default_restarts(engine) -> int:
+    """The engine's own number of searches per output (1 for engines that do not say)."""
+    return getattr(engine, "restarts", 1)
 
 
 def settings_repr(obj) -> str:

@@ -36,8 +36,17 @@ class Operon:
         max_length, max_depth: the largest expression tree searched (nodes / depth).
         optimizer_iterations: Levenberg-Marquardt steps on the constants of each offspring.
         max_time: wall-clock limit in seconds per search (None: no limit).
-        max_rows: rows given to the search (a uniform subsample when there are more).
+        max_rows: rows given to each search (a uniform subsample, drawn per search, when there
+            are more).
+        restarts: independent searches per output (different seeds and row samples), merged
+            into one front, that ``convert`` runs unless its ``restarts=`` says otherwise. They
+            are separate jobs, so they run in parallel on several cores.
         n_threads: threads Operon uses inside one search.
+
+    The defaults, 4 searches of 500 rows rather than one of 2000, are measured: on the 35-law
+    Feynman benchmark (``benchmarks/feynman_fidelity.py``) they recovered 25 laws in exact form
+    against 22, in 19.6 s median wall time per law on 2 cores against 26.8 s (37 CPU seconds
+    against 26).
     """
 
     name = "operon"
@@ -53,10 +62,13 @@ class Operon:
         optimizer_iterations: int = 10,
         max_evaluations: int = 10_000_000,
         max_time: float | None = None,
-        max_rows: int = 2000,
+        max_rows: int = 500,
+        restarts: int = 4,
         n_threads: int = 1,
         **kwargs,
     ):
+        if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
+            raise SymTorchFXError(f"restarts must be a positive integer, got {restarts!r}")
         self.operators = tuple(operators)
         self.population_size = population_size
         self.generations = generations
@@ -66,6 +78,7 @@ class Operon:
         self.max_evaluations = max_evaluations
         self.max_time = max_time
         self.max_rows = max_rows
+        self.restarts = restarts
         self.n_threads = n_threads
         self.kwargs = kwargs
         self._symbols()  # fail now, not in a worker

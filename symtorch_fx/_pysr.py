@@ -49,6 +49,7 @@ class PySR:
 
     name = "pysr"
     parallel_jobs = False
+    restarts = 1  # PySR runs many populations inside one search already
 
     def __init__(self, **kwargs):
         self.kwargs = kwargs

@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 
 from . import _select
+from ._engine import default_restarts
 from ._distill import Job, build_front, pareto, run_jobs, split_rows
 from ._equations import Equation, ParetoFront
 from ._errors import EquationSyntaxError, SymTorchFXError
@@ -66,7 +67,10 @@ PROBES = 4096
 TAME_SPANS = 2.0
 
 #: the search budget of ``explain`` when no engine is given (a few seconds per explanation)
-DEFAULT_ENGINE = dict(population_size=400, generations=75, max_length=20)
+# the engine SLIME vs LIME was measured with (benchmarks/RESULTS.md): one search of 2000
+# proximity-resampled rows, a smaller budget than convert's
+DEFAULT_ENGINE = dict(population_size=400, generations=75, max_length=20, max_rows=2000,
+                      restarts=1)
 
 
 def explain(
@@ -85,7 +89,7 @@ def explain(
     selection="auto",
     validation: float = 0.25,
     refit: bool = True,
-    restarts: int = 1,
+    restarts: int | None = None,
     executor=None,
     feature_names: Sequence[str] | None = None,
     device=None,
@@ -123,7 +127,8 @@ def explain(
             also ``"best"``, ``"accuracy"``, ``"score"``, a complexity, a callable.
         validation: the fraction of samples held out to score candidates.
         refit: refit every candidate's constants by weighted least squares (see module doc).
-        restarts: independent searches whose candidates are pooled (``executor`` runs them).
+        restarts: independent searches whose candidates are pooled (``executor`` runs them);
+            None: the engine's own default (1 for the default engine).
         feature_names: names of the ``D`` features (made into valid equation names).
         device: for a callable that is not a module: pass it torch tensors on this device.
         batch_size: rows per call of ``f``.
@@ -137,7 +142,7 @@ def explain(
         raise SymTorchFXError(f"task={task!r}: use one of {', '.join(TASKS)}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise SymTorchFXError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(restarts, int) or restarts < 1:
+    if restarts is not None and (not isinstance(restarts, int) or restarts < 1):
         raise SymTorchFXError(f"restarts must be a positive integer, got {restarts!r}")
     if isinstance(selection, str) and selection not in _select.RULES:
         raise SymTorchFXError(
@@ -151,6 +156,8 @@ def explain(
             f"engine must be an Engine such as sfx.Operon() or sfx.PySR(), got {engine!r}"
         )
     engine.check()
+    if restarts is None:
+        restarts = default_restarts(engine)
     black_box = BlackBox(f, batch_size, device)
     rng = np.random.default_rng(seed)
 

@@ -17,7 +17,9 @@ torch.set_num_threads(2)
 
 
 def fast_engine(**kw) -> sfx.Operon:
-    settings = dict(population_size=300, generations=60, max_length=20, max_rows=1000)
+    # one search per output unless a test asks for restarts
+    settings = dict(population_size=300, generations=60, max_length=20, max_rows=1000,
+                    restarts=1)
     settings.update(kw)
     return sfx.Operon(**settings)
 

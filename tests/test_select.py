@@ -199,3 +199,26 @@ def test_restarts_search_with_distinct_seeds_and_merge_into_one_front():
     front = sym.equations["net"][0]
     # (build_front adds the constant model: the mean)
     assert {str(e) for e in front if e.complexity > 1} == {"x0^2", "x0^2 + 0.0099*sin(5*x0)"}
+
+
+def test_restarts_default_to_the_engines_own_number():
+    # convert runs engine.restarts searches unless told otherwise; an engine without the
+    # attribute gets one; the embedded engine's default is 4 searches of 500 rows
+    xs = torch.linspace(0, 2, 400)[:, None]
+    plain = BySeed()
+    sfx.compile(Wrapper(), ["net"], xs, engine=plain, executor="inline", progress=False)
+    assert len(plain.seeds) == 1
+    three = BySeed()
+    three.restarts = 3
+    sfx.compile(Wrapper(), ["net"], xs, engine=three, executor="inline", progress=False)
+    assert len(three.seeds) == 3 and len(set(three.seeds)) == 3
+    told = BySeed()
+    told.restarts = 3
+    sfx.compile(Wrapper(), ["net"], xs, engine=told, restarts=1, executor="inline",
+                progress=False)
+    assert len(told.seeds) == 1
+    assert (sfx.Operon().restarts, sfx.Operon().max_rows) == (4, 500)
+    assert sfx.PySR().restarts == 1
+    for bad in (0, -2, 1.5, "4"):
+        with pytest.raises(sfx.SymTorchFXError, match="restarts must be a positive integer"):
+            sfx.Operon(restarts=bad)
