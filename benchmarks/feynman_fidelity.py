@@ -59,6 +59,7 @@ STEPS = 8000
 OOR_TOL = 0.03  # recovered: out-of-range RMS error < 3% of the truth's spread
 PRUNE_TOL = 0.01  # constants whose removal moves the equation < 1% of the spread are zero
 EXACT_TOL = 1e-6  # exact form: refit to the truth within 1e-6 (relative RMS)
+SYMPY_SECONDS = 60  # the longest sympy may take to confirm an exact form
 
 RULES = ["auto", "best", "accuracy", "score"]
 
@@ -242,9 +243,38 @@ def exact_form(expr, law, seed: int = 11) -> tuple[bool, str]:
     pos = {x: sympy.Symbol(x.name, positive=True) for x in syms}
     a, b = closed.xreplace(pos), law.expr.xreplace(pos)
     # (equal squares suffice: the refit already matches the truth numerically, sign included)
-    if any(sympy.simplify(t) == 0 for t in (a - b, a / b - 1, a**2 - b**2)):
+    confirmed = _sympy_zero([a - b, a / b - 1, a**2 - b**2], SYMPY_SECONDS)
+    if confirmed:
         return True, str(closed)
-    return False, f"numerically the law, but sympy could not confirm the refit {closed}"
+    why = "could not confirm" if confirmed is False else f"ran out of {SYMPY_SECONDS} s on"
+    return False, f"numerically the law, but sympy {why} the refit {closed}"
+
+
+def _simplifies_to_zero(exprs, conn) -> None:
+    conn.send(any(sympy.simplify(t) == 0 for t in exprs))
+
+
+def _sympy_zero(exprs, seconds: float) -> bool | None:
+    """Whether one of ``exprs`` simplifies to 0; None when sympy takes longer than ``seconds``
+    (``simplify`` can run for many minutes on some trigonometric forms: it runs in a child
+    process that is stopped then)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_simplifies_to_zero, args=(exprs, send), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        if not recv.poll(seconds):
+            return None
+        try:
+            return recv.recv()
+        except EOFError:  # sympy raised in the child: not confirmed
+            return False
+    finally:
+        proc.kill()
+        proc.join()
 
 
 # ----------------------------------------------------------------------------------------------

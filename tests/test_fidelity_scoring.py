@@ -89,3 +89,22 @@ def test_exact_form_rejects_other_forms(name, text, recovered):
     assert (fid.out_of_range_error(expr, law) < fid.OOR_TOL) == recovered
     assert not fid.exact_form(expr, law)[0]
     assert not fid.score(expr, law)["exact"]
+
+
+def test_sympy_confirmation_is_bounded_in_time():
+    x = sympy.Symbol("x", positive=True)
+    assert fid._sympy_zero([sympy.sin(x) ** 2 + sympy.cos(x) ** 2 - 1], 30) is True
+    assert fid._sympy_zero([sympy.sin(x) - x], 30) is False
+
+
+
+def test_a_sympy_confirmation_that_runs_too_long_is_stopped(monkeypatch):
+    import time
+
+    def forever(exprs, conn):
+        time.sleep(600)
+
+    monkeypatch.setattr(fid, "_simplifies_to_zero", forever)
+    t0 = time.perf_counter()
+    assert fid._sympy_zero([sympy.Symbol("y")], 0.5) is None
+    assert time.perf_counter() - t0 < 30
