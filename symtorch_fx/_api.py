@@ -336,17 +336,50 @@ def compile(  # noqa: A001 - the verb users expect: sfx.compile
 
     ``labels``: the targets the network was trained on, for ``sample_inputs`` (one tensor for
     all batches, in order). The network's error against them tells ``selection="auto"`` how far
-    the network is from the law. It applies to a single target that produces the model's output;
-    for other targets pass ``noise={target: mse}``.
+    the network is from the law. It applies to a single target that produces the model's output
+    (checked on the first batch: the target must run once and the model return its output
+    unchanged); for other targets pass ``noise={target: mse}``.
     """
     prepared = prepare(model, targets, max_samples=max_samples,
                        seed=convert_kwargs.get("seed", 0))
+    if labels is not None and not isinstance(sample_inputs, torch.Tensor) \
+            and isinstance(sample_inputs, Iterable):
+        sample_inputs = list(sample_inputs)  # read twice: recorded, then the first batch checked
     outs = run(prepared, sample_inputs, collect=labels is not None)
     if labels is not None:
         if "noise" in convert_kwargs:
             raise SymTorchFXError("pass labels= or noise=, not both")
         convert_kwargs["noise"] = _noise_from_labels(prepared, outs, labels)
+        first = sample_inputs if isinstance(sample_inputs, torch.Tensor) else sample_inputs[0]
+        _check_target_is_output(prepared, first)
     return convert(prepared, **convert_kwargs)
+
+
+def _check_target_is_output(prepared, batch) -> None:
+    """Run ``batch`` once more (recording off) and make sure that the single target produced
+    the model's output, unchanged: labels measure the model's error, which is the target's
+    error only then."""
+    st = _prepared_state(prepared)
+    region = st.regions[0]
+    rec = st.recorders[region.name]
+    seen: list[torch.Tensor] = []
+    hook = rec.register_forward_hook(lambda mod, args, out: seen.append(out))
+    enabled, rec.enabled = rec.enabled, False
+    try:
+        (out,) = run(prepared, [batch], collect=True)
+    finally:
+        rec.enabled = enabled
+        hook.remove()
+    same = (len(seen) == 1 and isinstance(out, torch.Tensor) and seen[0].numel() == out.numel()
+            and torch.equal(seen[0].reshape(-1), out.reshape(-1)))
+    if not same:
+        why = (f"it ran {len(seen)} times in one forward pass" if len(seen) != 1
+               else "the model changes its output after it")
+        raise SymTorchFXError(
+            f"labels= measures the model's error, but target {region.name!r} does not produce "
+            f"the model's output ({why}); pass noise={{{region.name!r}: mse}} with the target's "
+            "own error instead"
+        )
 
 
 def _noise_from_labels(prepared, outs: list, labels) -> dict[str, list[float]]:

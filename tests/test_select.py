@@ -154,6 +154,32 @@ def test_labels_measure_the_networks_error_and_auto_keeps_the_law():
     assert str(sym.equations["net"][0].equation) == "x0^2"
 
 
+def test_labels_need_the_target_that_produces_the_models_output():
+    # the output counts match, so only running the target tells: its output is changed after
+    # it (a tanh), or it runs twice in one forward pass
+    xs = torch.linspace(0, 2, 100)[:, None]
+    engine = Candidates(["x0"])
+    after = nn.Sequential(nn.Linear(1, 1), nn.Tanh())
+    with pytest.raises(sfx.SymTorchFXError, match="changes its output after it"):
+        sfx.compile(after, ["0"], xs, labels=xs[:, 0], engine=engine, progress=False)
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Linear(1, 1)
+
+        def forward(self, x):
+            return self.f(self.f(x))
+
+    with pytest.raises(sfx.SymTorchFXError, match="ran 2 times in one forward pass"):
+        sfx.compile(Twice(), ["f"], iter(xs.split(25)), labels=xs[:, 0], engine=engine,
+                    progress=False)
+    # the output target itself passes, with batches from a one-shot iterator
+    ok = sfx.compile(after, ["1"], iter(xs.split(25)), labels=xs[:, 0], engine=engine,
+                     progress=False)
+    assert ok.equations["1"][0].info["noise"] > 0
+
+
 def test_labels_and_noise_are_checked():
     xs = torch.linspace(0, 2, 100)[:, None]
     engine = Candidates(BUMP_CANDIDATES)
