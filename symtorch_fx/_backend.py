@@ -105,11 +105,12 @@ class Backend:
         self._version = 0
         self._lock = threading.Lock()
         if equations is not None:
-            for name, res in _results_from(equations).items():
+            results, modes = _results_from(equations)
+            for name, res in results.items():
                 if res.module.kernel != kernel:  # the caller's model keeps its own kernel
                     res = dataclasses.replace(res, module=_rekerneled(res.module, kernel))
                 self.results[name] = res
-                self.modes[name] = res.info.get("mode", "symbolic")
+                self.modes[name] = modes.get(name, "symbolic")
         if targets is None and not self.results:
             raise TargetError(
                 "sfx.backend() needs targets= to record, or equations= (a symbolic model or an "
@@ -307,7 +308,9 @@ def _rekerneled(module: SymbolicModule, kernel: str) -> SymbolicModule:
     return twin
 
 
-def _results_from(equations) -> dict[str, RegionResult]:
+def _results_from(equations) -> tuple[dict[str, RegionResult], dict[str, str]]:
+    """The regions' results and their modes (a region a symbolic model runs as ``"neural"``
+    stays neural in the backend too, as it does when saved and loaded)."""
     from ._model import state_of
     from ._serialize import read
 
@@ -321,7 +324,7 @@ def _results_from(equations) -> dict[str, RegionResult]:
                 f"regions {bad} are op-pattern or whole-model regions; the torch.compile backend "
                 "applies equations of module targets"
             )
-        return dict(st.results)
+        return dict(st.results), dict(st.modes)
     raise SymTorchFXError(
         f"equations= takes a symbolic model (from sfx.compile/convert/load) or the path of a "
         f"file written by sfx.save, got {type(equations).__name__}"

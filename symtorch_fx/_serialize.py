@@ -116,13 +116,11 @@ def _results(parsed: list[tuple], device=None) -> tuple[dict, dict]:
     return results, modes
 
 
-def read(path: str | os.PathLike) -> dict[str, RegionResult]:
-    """The equations saved at ``path``, without a model (for ``sfx.backend(equations=path)``)."""
+def read(path: str | os.PathLike) -> tuple[dict[str, RegionResult], dict[str, str]]:
+    """The equations saved at ``path`` and each region's mode, without a model (for
+    ``sfx.backend(equations=path)``)."""
     _, parsed = _read_doc(path)
-    results, modes = _results(parsed)
-    for name, res in results.items():
-        res.info["mode"] = modes[name]
-    return results
+    return _results(parsed)
 
 
 def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:

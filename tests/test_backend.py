@@ -61,6 +61,29 @@ def test_named_backend_with_a_saved_file(tmp_path, distilled_law, trained_law, l
         torch.testing.assert_close(compiled(X[:64]), distilled_law(X[:64]), rtol=1e-5, atol=1e-5)
 
 
+def test_backend_keeps_a_region_the_symbolic_model_runs_neural(tmp_path, distilled_law,
+                                                               trained_law, law_data):
+    # from the model and from its saved file alike
+    X, _ = law_data
+    path = tmp_path / "law.sfx"
+    distilled_law.use("neural", "mlp")
+    try:
+        sfx.save(distilled_law, path)
+        for equations in (distilled_law, str(path)):
+            be = sfx.backend(equations=equations, compiler="aot_eager")
+            assert be.modes == {"mlp": "neural"}
+            compiled = torch.compile(trained_law, backend=be)
+            with torch.no_grad():
+                torch.testing.assert_close(compiled(X[:64]), trained_law(X[:64]))
+            be.use("symbolic")
+            with torch.no_grad():
+                torch.testing.assert_close(compiled(X[:64]), distilled_law.use("symbolic")(X[:64]),
+                                           rtol=1e-5, atol=1e-5)
+            distilled_law.use("neural", "mlp")
+    finally:
+        distilled_law.use("symbolic")
+
+
 def test_named_backend_without_options_says_what_to_do(trained_law, law_data):
     compiled = torch.compile(trained_law, backend="symtorch_fx")
     with pytest.raises(Exception, match="options=.*equations"):
