@@ -281,10 +281,11 @@ def _sympy_zero(exprs, seconds: float) -> bool | None:
 # the run
 
 
-def distill(model: Model, X: torch.Tensor, restarts: int | None, engine_kw: dict):
+def distill(model: Model, X: torch.Tensor, restarts: int | None, engine_kw: dict,
+            seed: int = 0):
     """(symbolic model, wall seconds, CPU seconds of this process and its workers)."""
     engine = sfx.Operon(**engine_kw) if engine_kw else None
-    kw = {} if restarts is None else {"restarts": restarts}
+    kw = {"seed": seed} if restarts is None else {"restarts": restarts, "seed": seed}
     cpu0, t0 = _cpu(), time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -323,12 +324,12 @@ def run_law(law, index: int, args, engine_kw: dict) -> dict:
     model, info = train_net(law, index, cache / "feynman_nets")
     X, Y = law_data(law, index)
     load = os.getloadavg()[0]
-    sym, seconds, cpu = distill(model, X, args.restarts, engine_kw)
+    sym, seconds, cpu = distill(model, X, args.restarts, engine_kw, args.seed)
     front = sym.equations["net"][0]
     rec = {
         "law": law.name, "index": index, "formula": law.formula, "d": len(law.variables),
         "net": info, "seconds": seconds, "cpu_seconds": cpu, "load": load,
-        "restarts": args.restarts,
+        "restarts": args.restarts, "seed": args.seed,
         "front": [{"text": e.text(), "complexity": e.complexity, "loss": e.loss,
                    "finite": e.finite} for e in front],
     }
@@ -401,6 +402,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--laws", nargs="*", help="equation numbers to run (default: the suite)")
     p.add_argument("--restarts", type=int, default=None, help="default: convert's default")
+    p.add_argument("--seed", type=int, default=0,
+                   help="convert's seed (the searches' seeds and row samples); the networks "
+                        "keep theirs")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="sfx.Operon settings, e.g. generations=100")
     p.add_argument("--out", type=Path, help="write the per-law records (JSON) here")
@@ -434,7 +438,7 @@ def main(argv=None) -> None:
         if saved.get("settings") == engine_kw:
             wanted = {law.name for _, law in indexed}
             records = [r for r in saved["records"] if r["law"] in wanted
-                       and r["restarts"] == args.restarts]
+                       and r["restarts"] == args.restarts and r.get("seed", 0) == args.seed]
     done = {r["law"] for r in records}
     for i, law in indexed:
         if law.name in done:
