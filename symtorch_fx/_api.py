@@ -302,12 +302,7 @@ def run(prepared: nn.Module, batches, collect: bool = False) -> list | None:
     """Run ``batches`` through ``prepared`` without gradients: a tensor is one batch; an
     iterable yields batches, each a tensor, a tuple of positional inputs, or a dict of keyword
     inputs (inputs only: drop labels from (x, y) pairs). ``collect``: return the outputs."""
-    if isinstance(batches, torch.Tensor):
-        batches = [batches]
-    if not isinstance(batches, Iterable):
-        raise SymTorchFXError(
-            f"sample_inputs must be a tensor or an iterable of batches, got {type(batches).__name__}"
-        )
+    batches = _batches(batches)
     outs = []
     with torch.no_grad():
         for b in batches:
@@ -320,6 +315,17 @@ def run(prepared: nn.Module, batches, collect: bool = False) -> list | None:
             if collect:
                 outs.append(out)
     return outs if collect else None
+
+
+def _batches(batches):
+    """``sample_inputs`` as an iterable of batches (a tensor is one batch)."""
+    if isinstance(batches, torch.Tensor):
+        return [batches]
+    if not isinstance(batches, Iterable):
+        raise SymTorchFXError(
+            f"sample_inputs must be a tensor or an iterable of batches, got {type(batches).__name__}"
+        )
+    return batches
 
 
 def compile(  # noqa: A001 - the verb users expect: sfx.compile
@@ -342,34 +348,32 @@ def compile(  # noqa: A001 - the verb users expect: sfx.compile
     """
     prepared = prepare(model, targets, max_samples=max_samples,
                        seed=convert_kwargs.get("seed", 0))
-    if labels is not None and not isinstance(sample_inputs, torch.Tensor) \
-            and isinstance(sample_inputs, Iterable):
-        sample_inputs = list(sample_inputs)  # read twice: recorded, then the first batch checked
-    outs = run(prepared, sample_inputs, collect=labels is not None)
-    if labels is not None:
-        if "noise" in convert_kwargs:
-            raise SymTorchFXError("pass labels= or noise=, not both")
-        convert_kwargs["noise"] = _noise_from_labels(prepared, outs, labels)
-        first = sample_inputs if isinstance(sample_inputs, torch.Tensor) else sample_inputs[0]
-        _check_target_is_output(prepared, first)
+    if labels is None:
+        run(prepared, sample_inputs)
+        return convert(prepared, **convert_kwargs)
+    if "noise" in convert_kwargs:
+        raise SymTorchFXError("pass labels= or noise=, not both")
+    # the first batch runs with the first target watched, to check that it makes the output
+    batches = iter(_batches(sample_inputs))
+    first = next(batches, None)
+    st = _prepared_state(prepared)
+    region = st.regions[0]
+    seen: list[torch.Tensor] = []
+    hook = st.recorders[region.name].register_forward_hook(lambda mod, a, out: seen.append(out))
+    try:
+        outs = run(prepared, [] if first is None else [first], collect=True)
+    finally:
+        hook.remove()
+    outs += run(prepared, batches, collect=True)
+    convert_kwargs["noise"] = _noise_from_labels(prepared, outs, labels)
+    _check_target_is_output(region, seen, outs[0])
     return convert(prepared, **convert_kwargs)
 
 
-def _check_target_is_output(prepared, batch) -> None:
-    """Run ``batch`` once more (recording off) and make sure that the single target produced
-    the model's output, unchanged: labels measure the model's error, which is the target's
-    error only then."""
-    st = _prepared_state(prepared)
-    region = st.regions[0]
-    rec = st.recorders[region.name]
-    seen: list[torch.Tensor] = []
-    hook = rec.register_forward_hook(lambda mod, args, out: seen.append(out))
-    enabled, rec.enabled = rec.enabled, False
-    try:
-        (out,) = run(prepared, [batch], collect=True)
-    finally:
-        rec.enabled = enabled
-        hook.remove()
+def _check_target_is_output(region: Region, seen: list[torch.Tensor], out) -> None:
+    """Whether the single target produced the model's output for the first batch (``seen``: its
+    outputs during that batch), unchanged: labels measure the model's error, which is the
+    target's error only then."""
     same = (len(seen) == 1 and isinstance(out, torch.Tensor) and seen[0].numel() == out.numel()
             and torch.equal(seen[0].reshape(-1), out.reshape(-1)))
     if not same:

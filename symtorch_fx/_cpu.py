@@ -227,9 +227,9 @@ def source(program: _fused.Program, compute: torch.dtype, in_dtypes, out_dtypes,
             for idx, rd in enumerate(program.reads):
                 if rd.tensor == t:
                     gather.append(f"          v{idx} = {cols[rd.column or 0]};")
-        gather += _buffered(slow_reads, tensors, fast, "cnt")
+        gather += _buffered(slow_reads, tensors)
         gather.append("        } else {")
-    gather += _buffered(list(enumerate(program.reads)), tensors, set(), "cnt")
+    gather += _buffered(list(enumerate(program.reads)), tensors)
     if fast:
         gather.append("        }")
     for idx, rd in enumerate(program.reads):
@@ -259,9 +259,9 @@ def source(program: _fused.Program, compute: torch.dtype, in_dtypes, out_dtypes,
             printer.lines += [f"          {v}.store(q{gi} + r * {w} + {k} * W);"
                               for k, v in enumerate(stream)]
         slow = [o for gi in range(len(widths)) if gi not in fast_out for o in by_group[gi]]
-        printer.lines += _scattered(slow, program, widths, out_dtypes, "cnt")
+        printer.lines += _scattered(slow, program, widths, out_dtypes)
         printer.lines.append("        } else {")
-    printer.lines += _scattered(range(n_out), program, widths, out_dtypes, "cnt")
+    printer.lines += _scattered(range(n_out), program, widths, out_dtypes)
     if fast_out:
         printer.lines.append("        }")
     n_sums = len(program.sums)
@@ -339,22 +339,22 @@ def _interleave(prefix: str, vals: list[str], lines: list[str]) -> list[str]:
     return out
 
 
-def _buffered(reads, tensors, skip, cnt: str) -> list[str]:
+def _buffered(reads, tensors) -> list[str]:
     """Code that gathers ``reads`` (pairs of index and Read) one row at a time through a
     buffer, padding the rows past ``cnt`` with zeros."""
     if not reads:
         return []
     out = [f"        {{ alignas(64) T buf[{len(reads)}][W];",
-           f"        for (int64_t i = 0; i < {cnt}; ++i) {{"]
+           "        for (int64_t i = 0; i < cnt; ++i) {"]
     for t in tensors:
-        if t not in skip and any(rd.tensor == t for _, rd in reads):
+        if any(rd.tensor == t for _, rd in reads):
             out.append(f"          const int64_t o{t} = row_offset<TWO>(r + i, n_inner, so{t}, "
                        f"si{t});")
     for j, (_, rd) in enumerate(reads):
         col = "" if rd.column is None else f" + {rd.column} * sc{rd.tensor}"
         out.append(f"          buf[{j}][i] = static_cast<T>(p{rd.tensor}[o{rd.tensor}{col}]);")
     out += ["        }",
-            f"        for (int64_t i = {cnt}; i < W; ++i) {{",
+            "        for (int64_t i = cnt; i < W; ++i) {",
             *[f"          buf[{j}][i] = T(0);" for j in range(len(reads))],
             "        }"]
     out += [f"        v{idx} = V::loadu(buf[{j}]);" for j, (idx, _) in enumerate(reads)]
@@ -362,13 +362,14 @@ def _buffered(reads, tensors, skip, cnt: str) -> list[str]:
     return out
 
 
-def _scattered(outs, program, widths, out_dtypes, cnt: str) -> list[str]:
-    """Code that writes outputs ``outs`` (indices into ``program.outputs``) one row at a time."""
+def _scattered(outs, program, widths, out_dtypes) -> list[str]:
+    """Code that writes outputs ``outs`` (indices into ``program.outputs``) one row at a time,
+    the block's first ``cnt`` rows."""
     outs = list(outs)
     if not outs:
         return []
     lines = [f"        o{o}.store(ob[{o}]);" for o in outs]
-    lines.append(f"        for (int64_t i = 0; i < {cnt}; ++i) {{")
+    lines.append("        for (int64_t i = 0; i < cnt; ++i) {")
     for o in outs:
         gi, col, _ = program.outputs[o]
         lines.append(f"          q{gi}[(r + i) * {widths[gi]} + {col}] = "
