@@ -31,6 +31,7 @@ stdout. ``--set key=value`` overrides an ``sfx.Operon`` setting to measure other
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -60,8 +61,6 @@ OOR_TOL = 0.03  # recovered: out-of-range RMS error < 3% of the truth's spread
 PRUNE_TOL = 0.01  # constants whose removal moves the equation < 1% of the spread are zero
 EXACT_TOL = 1e-6  # exact form: refit to the truth within 1e-6 (relative RMS)
 SYMPY_SECONDS = 60  # the longest sympy may take to confirm an exact form
-
-RULES = ["auto", "best", "accuracy", "score"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,8 +98,7 @@ def evaluate(expr: sympy.Expr, symbols, X: np.ndarray) -> np.ndarray:
     f = sympy.lambdify(symbols, expr, "numpy")
     with np.errstate(all="ignore"):
         out = np.asarray(f(*X.T), dtype=np.float64)
-    return np.broadcast_to(out, (len(X),)).copy() if out.ndim == 0 or out.shape != (len(X),) \
-        else out
+    return out if out.shape == (len(X),) else np.broadcast_to(out, (len(X),)).copy()
 
 
 def sample(law, n: int, seed: int, out_of_range: bool = False) -> np.ndarray:
@@ -115,23 +113,28 @@ def sample(law, n: int, seed: int, out_of_range: bool = False) -> np.ndarray:
     return np.concatenate(rows)[:n]
 
 
+@functools.lru_cache(maxsize=2)
 def law_data(law, index: int) -> tuple[torch.Tensor, torch.Tensor]:
     X = sample(law, N_POINTS, seed=1000 + index)
     Y = evaluate(law.expr, law.symbols, X)
     return torch.tensor(X, dtype=torch.float32), torch.tensor(Y, dtype=torch.float32)[:, None]
 
 
-def train_net(law, index: int, cache: Path) -> tuple[Model, dict]:
+def train_net(law, index: int, cache: Path | None = None) -> tuple[Model, dict]:
+    """The law's network (trained once, then read from ``cache``, by default
+    ``feynman_suite.cache_dir() / "feynman_nets"``) and its error against the law."""
     X, Y = law_data(law, index)
+    cache = feynman_suite.cache_dir() / "feynman_nets" if cache is None else cache
     path = cache / f"{law.name}-{index}.pt"
-    net = Standardized(X.shape[1], X.mean(0), X.std(0), Y.mean(0), Y.std(0))
+    stats = (X.shape[1], X.mean(0), X.std(0), Y.mean(0), Y.std(0))
     if path.exists():
+        net = Standardized(*stats)
         saved = torch.load(path, weights_only=True)
         net.load_state_dict(saved["state"])
         info = saved["info"]
     else:
         torch.manual_seed(index)
-        net = Standardized(X.shape[1], X.mean(0), X.std(0), Y.mean(0), Y.std(0))
+        net = Standardized(*stats)
         g = torch.Generator().manual_seed(index)
         opt = torch.optim.Adam(net.mlp.parameters(), 3e-3)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, STEPS)
@@ -157,12 +160,32 @@ def train_net(law, index: int, cache: Path) -> tuple[Model, dict]:
 # scoring an equation against the law
 
 
-def out_of_range_error(expr, law, seed: int = 7) -> float:
+@functools.lru_cache(maxsize=8)
+def _out_of_range_points(law, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-range points where the law is finite, and the law there (shared by every
+    equation scored against this law)."""
     X = sample(law, 4000, seed, out_of_range=True)
     t = evaluate(law.expr, law.symbols, X)
     ok = np.isfinite(t)
-    pred = evaluate(expr, law.symbols, X[ok])
-    err = math.sqrt(float(np.mean((pred - t[ok]) ** 2))) / float(np.std(t[ok]))
+    return X[ok], t[ok]
+
+
+@functools.lru_cache(maxsize=8)
+def _exact_form_points(law, seed: int):
+    """(in-range points, in- and out-of-range points where the law is finite, the law there,
+    the law's spread in range): shared by every equation scored against this law."""
+    X_in = sample(law, 2000, seed)
+    X = np.concatenate([X_in, sample(law, 2000, seed + 1, out_of_range=True)])
+    truth = evaluate(law.expr, law.symbols, X)
+    ok = np.isfinite(truth)
+    spread = float(np.std(truth[:len(X_in)]))
+    return X_in, X[ok], truth[ok], spread
+
+
+def out_of_range_error(expr, law, seed: int = 7) -> float:
+    X, t = _out_of_range_points(law, seed)
+    pred = evaluate(expr, law.symbols, X)
+    err = math.sqrt(float(np.mean((pred - t) ** 2))) / float(np.std(t))
     return err if math.isfinite(err) else math.inf
 
 
@@ -191,12 +214,7 @@ def exact_form(expr, law, seed: int = 11) -> tuple[bool, str]:
     from scipy.optimize import least_squares
 
     syms = law.symbols
-    X_in = sample(law, 2000, seed)
-    X = np.concatenate([X_in, sample(law, 2000, seed + 1, out_of_range=True)])
-    truth = evaluate(law.expr, syms, X)
-    ok = np.isfinite(truth)
-    X, truth = X[ok], truth[ok]
-    spread = float(np.std(evaluate(law.expr, syms, X_in)))
+    X_in, X, truth, spread = _exact_form_points(law, seed)
     found = evaluate(expr, syms, X_in)
 
     def moved(e, ref=found):
@@ -205,16 +223,17 @@ def exact_form(expr, law, seed: int = 11) -> tuple[bool, str]:
         d = evaluate(e, syms, X_in) - ref
         return math.sqrt(float(np.mean(d * d))) / spread if np.all(np.isfinite(d)) else math.inf
 
-    def prune(e, tol):
-        ref = evaluate(e, syms, X_in)
-        order = sorted(e.atoms(sympy.Float), key=lambda c: moved(e.xreplace({c: sympy.S.Zero}), ref))
-        for c in order:
+    def prune(e, tol, ref=None):
+        ref = evaluate(e, syms, X_in) if ref is None else ref
+        dist = {c: moved(e.xreplace({c: sympy.S.Zero}), ref) for c in e.atoms(sympy.Float)}
+        changed = False
+        for c in sorted(dist, key=dist.get):
             trial = e.xreplace({c: sympy.S.Zero})
-            if moved(trial, ref) < tol:
-                e = trial
+            if (moved(trial, ref) if changed else dist[c]) < tol:
+                e, changed = trial, True
         return e
 
-    cur = prune(expr, PRUNE_TOL / 2)
+    cur = prune(expr, PRUNE_TOL / 2, found)
     consts = sorted(cur.atoms(sympy.Float), key=str)
     params = sympy.symbols(f"p0:{len(consts)}")
     template = cur.xreplace(dict(zip(consts, params)))
@@ -235,8 +254,9 @@ def exact_form(expr, law, seed: int = 11) -> tuple[bool, str]:
     # 10 digits: constants a degenerate form fits to the same value become equal, so that
     # simplify can merge them (a*x/sqrt(b - b*y) with a = sqrt(b) is x/sqrt(1 - y))
     refit = template.xreplace({q: sympy.Float(f"{v:.10g}", 15) for q, v in zip(params, p)})
-    if moved(refit) >= PRUNE_TOL:
-        return False, f"only a refit that moves it {moved(refit):.1%} of the spread matches"
+    shift = moved(refit)
+    if shift >= PRUNE_TOL:
+        return False, f"only a refit that moves it {shift:.1%} of the spread matches"
     closed = sympy.simplify(prune(refit, 1e-9))
     closed = closed.xreplace({c: _closed_form(float(c)) for c in closed.atoms(sympy.Float)})
     # the database's variables are positive (or, for angles, non-negative): say so to sympy
@@ -284,13 +304,12 @@ def _sympy_zero(exprs, seconds: float) -> bool | None:
 def distill(model: Model, X: torch.Tensor, restarts: int | None, engine_kw: dict,
             seed: int = 0):
     """(symbolic model, wall seconds, CPU seconds of this process and its workers)."""
-    engine = sfx.Operon(**engine_kw) if engine_kw else None
-    kw = {"seed": seed} if restarts is None else {"restarts": restarts, "seed": seed}
     cpu0, t0 = _cpu(), time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sym = sfx.compile(model, targets=["net"], sample_inputs=X.split(2048),
-                          engine=engine, progress=False, **kw)
+                          engine=sfx.Operon(**engine_kw), restarts=restarts, seed=seed,
+                          progress=False)
     return sym, time.perf_counter() - t0, _cpu() - cpu0
 
 
@@ -302,8 +321,9 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def choose(front: ParetoFront, rule, noise=None) -> int:
-    f = ParetoFront(front.region, front.output, list(front.equations))
+def choose(front, rule, noise=None) -> int:
+    """The index ``rule`` picks on ``front`` (a sequence of equations, simplest first)."""
+    f = ParetoFront("net", "y0", list(front))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _select.apply(f, rule, noise)
@@ -320,9 +340,8 @@ def score(expr, law) -> dict:
 
 
 def run_law(law, index: int, args, engine_kw: dict) -> dict:
-    cache = Path(os.environ.get("FEYNMAN_CACHE", Path.home() / ".cache" / "symtorch_fx"))
-    model, info = train_net(law, index, cache / "feynman_nets")
-    X, Y = law_data(law, index)
+    model, info = train_net(law, index)
+    X, _ = law_data(law, index)
     load = os.getloadavg()[0]
     sym, seconds, cpu = distill(model, X, args.restarts, engine_kw, args.seed)
     front = sym.equations["net"][0]
@@ -348,7 +367,7 @@ def judge(rec: dict, law) -> dict:
     """Apply every rule to the recorded front and score every equation on it against the law."""
     front = front_of(rec, law)
     noise = rec["net"]["mse"]  # what labels= measures: the network's MSE against its targets
-    picks = {rule: choose(front, rule) for rule in RULES}
+    picks = {rule: choose(front, rule) for rule in _select.RULES}
     picks["auto + labels"] = choose(front, "auto", noise)
     scored = {i: score(front[i].expr, law) for i in range(len(front))}
     return dict(rec, picks=picks, scored={str(k): v for k, v in scored.items()})
@@ -375,13 +394,15 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def mark(r: dict, rule: str) -> str:
+    """How the equation ``rule`` picked in record ``r`` scored: exact, recovered or no."""
+    s = r["scored"][str(r["picks"][rule])]
+    return "exact" if s["exact"] else ("recovered" if s["recovered"] else "no")
+
+
 def per_law(records: list[dict]) -> str:
     lines = ["| law | d | net NMSE | wall s | CPU s | auto picks | c | auto | best | labels |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-
-    def mark(r, rule):
-        s = r["scored"][str(r["picks"][rule])]
-        return "exact" if s["exact"] else ("recovered" if s["recovered"] else "no")
 
     for r in records:
         chosen = r["front"][r["picks"]["auto"]]
@@ -445,10 +466,8 @@ def main(argv=None) -> None:
             continue
         rec = run_law(law, i, args, engine_kw)
         records.append(rec)
-        s = rec["scored"][str(rec["picks"]["auto"])]
         print(f"{law.name:10s} {rec['seconds']:5.1f} s  nmse {rec['net']['nmse']:.1e}  "
-              f"auto -> {rec['front'][rec['picks']['auto']]['text']}  "
-              f"[{'exact' if s['exact'] else 'recovered' if s['recovered'] else 'no'}]",
+              f"auto -> {rec['front'][rec['picks']['auto']]['text']}  [{mark(rec, 'auto')}]",
               flush=True)
         if args.out:
             args.out.write_text(json.dumps({"settings": engine_kw, "records": records},

@@ -42,8 +42,8 @@ import feynman_suite  # noqa: E402
 import symtorch_fx as sfx  # noqa: E402
 from symtorch_fx import _select  # noqa: E402
 from symtorch_fx._api import _job_seed  # noqa: E402
-from symtorch_fx._distill import build_front, split_rows  # noqa: E402
-from symtorch_fx._equations import ParetoFront, scores  # noqa: E402
+from symtorch_fx._distill import build_front, pareto, split_rows  # noqa: E402
+from symtorch_fx._equations import scores  # noqa: E402
 
 RESTARTS = 3
 EDGE_QUANTILE = 0.10
@@ -51,10 +51,7 @@ EDGE_QUANTILE = 0.10
 
 def recorded(law, index: int):
     """(X, Y, info): what ``sfx.prepare`` records from the law's trained network."""
-    import os
-
-    cache = Path(os.environ.get("FEYNMAN_CACHE", Path.home() / ".cache" / "symtorch_fx"))
-    model, info = fid.train_net(law, index, cache / "feynman_nets")
+    model, info = fid.train_net(law, index)
     X, _ = fid.law_data(law, index)
     prepared = sfx.prepare(model, ["net"])
     sfx.run(prepared, X.split(2048))
@@ -108,12 +105,17 @@ def collect(out: Path, laws_wanted, workers: int, restarts: int, settings: dict)
 # analysis
 
 
-def front_of(texts, X, y, train, val):
+def scored_candidates(texts, X, y, train, val):
+    """Every candidate of ``texts`` scored as ``convert`` scores them (before the front)."""
     syms = [sympy.Symbol(f"x{j}", real=True) for j in range(X.shape[1])]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        front, _ = build_front(texts, syms, X[train], y[train], X[val], y[val], X)
-    return front
+        _, scored = build_front(texts, syms, X[train], y[train], X[val], y[val], X)
+    return scored
+
+
+def front_of(texts, X, y, train, val):
+    return pareto(scored_candidates(texts, X, y, train, val))
 
 
 class Scorer:
@@ -125,18 +127,10 @@ class Scorer:
     def __call__(self, eq) -> tuple[bool, bool]:
         key = eq.text()
         if key not in self.cache:
-            oor = fid.out_of_range_error(eq.expr, self.law)
-            exact = oor < fid.OOR_TOL and fid.exact_form(eq.expr, self.law)[0]
-            self.cache[key] = (oor < fid.OOR_TOL, exact)
+            s = fid.score(eq.expr, self.law)
+            self.cache[key] = (s["recovered"], s["exact"])
         return self.cache[key]
 
-
-def pick(front, rule, noise=None) -> int:
-    f = ParetoFront("r", "y", list(front))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _select.apply(f, rule, noise)
-    return f.chosen
 
 
 def analyze(path: Path, rules: dict, dump: Path | None = None) -> None:
@@ -149,8 +143,10 @@ def analyze(path: Path, rules: dict, dump: Path | None = None) -> None:
         X, y, _ = recorded(law, rec["index"])
         train, val = split_rows(len(X), 0.25, 0)
         score = Scorer(law)
-        fronts = {f"random x{k}": front_of(sum(rec["random"][:k], []), X, y, train, val)
-                  for k in range(1, len(rec["random"]) + 1)}
+        # each restart's candidates are scored once; merged fronts are fronts of their union
+        per_restart = [scored_candidates(t, X, y, train, val) for t in rec["random"]]
+        fronts = {f"random x{k}": pareto(sum(per_restart[:k], []))
+                  for k in range(1, len(per_restart) + 1)}
         inner, edge = edge_rows(X)
         fronts["edge"] = front_of(rec["edge"], X, y, inner, edge)
         row = {"law": law.name}
@@ -163,7 +159,7 @@ def analyze(path: Path, rules: dict, dump: Path | None = None) -> None:
             for rname, rule in rules.items():
                 if fname == "edge" and rname not in EDGE_RULES:
                     continue
-                i = rule(front, rec) if callable(rule) else pick(front, rule)
+                i = rule(front, rec) if callable(rule) else fid.choose(front, rule)
                 r, x = score(front[i])
                 c = counts.setdefault(f"{fname}: {rname}", [0, 0])
                 c[0] += r
@@ -193,14 +189,14 @@ def by_rate(rate, gain=None):
         _select.AUTO_RATE = rate
         _select.AUTO_GAIN = saved[1] if gain is None else gain
         try:
-            return pick(front, "auto")
+            return fid.choose(front, "auto")
         finally:
             _select.AUTO_RATE, _select.AUTO_GAIN = saved
     return rule
 
 
 def with_noise(front, rec):
-    return pick(front, "auto", rec["net"]["mse"])
+    return fid.choose(front, "auto", rec["net"]["mse"])
 
 
 def knee(front, rec):
@@ -221,7 +217,7 @@ def knee_floor(front, rec):
     """The knee's loss (largest score) as the network's floor, then the rule for a known floor."""
     sc = scores(front)
     k = max(range(len(front)), key=lambda i: sc[i])
-    return pick(front, "auto", front[k].loss)
+    return fid.choose(front, "auto", front[k].loss)
 
 
 def biggest_drop(front, rec):

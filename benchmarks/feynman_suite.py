@@ -101,8 +101,13 @@ def _installed() -> Path | None:
     return path if path.is_file() else None
 
 
+def cache_dir() -> Path:
+    """Where the benchmarks keep the wheel and the trained networks (``$FEYNMAN_CACHE``)."""
+    return Path(os.environ.get("FEYNMAN_CACHE", Path.home() / ".cache" / "symtorch_fx"))
+
+
 def _cached_wheel(fetch: bool) -> Path | None:
-    cache = Path(os.environ.get("FEYNMAN_CACHE", Path.home() / ".cache" / "symtorch_fx"))
+    cache = cache_dir()
     found = sorted(cache.glob("tinybig-*.whl"))
     if found or not fetch:
         return found[-1] if found else None

@@ -188,9 +188,8 @@ class GNN(nn.Module):
         return self.node(torch.cat([m[..., None], q[..., None], total], -1))
 
 
-def train(net: GNN, data: Snapshots, cfg: Config) -> float:
-    """Adam on the L1 error of the accelerations (as Cranmer et al.); returns the final mean
-    absolute error on ``data``."""
+def train(net: GNN, data: Snapshots, cfg: Config) -> None:
+    """Adam on the L1 error of the accelerations (as Cranmer et al.)."""
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(net.parameters(), cfg.lr / 3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps)
@@ -201,8 +200,6 @@ def train(net: GNN, data: Snapshots, cfg: Config) -> float:
         loss.backward()
         opt.step()
         sched.step()
-    with torch.no_grad():
-        return float((net(data.pos, data.m, data.q) - data.acc).abs().mean())
 
 
 # ----------------------------------------------------------------------------------------------

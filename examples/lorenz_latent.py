@@ -290,10 +290,11 @@ def evaluate(net: LatentODE, sym, data: Data, cfg: Config, noise: list[float]) -
     neural = net.dynamics
     symbolic = sym.symbolic_modules["dynamics"]
     times = np.arange(steps + 1) * DT
-    errors, valid, at = {}, {}, {}
+    errors, valid, at, first_pred = {}, {}, {}, {}
     with torch.no_grad():
         for name, f in (("neural", neural), ("symbolic", symbolic)):
             pred = net.decoder(rk4(f, z0, steps, DT)).double().numpy()
+            first_pred[name] = pred[0]  # the first trajectory, for the figure
             err = np.linalg.norm(pred - truth, axis=-1) / spread  # (n, steps + 1)
             err = np.where(np.isfinite(err), err, np.inf)
             errors[name] = err
@@ -302,17 +303,10 @@ def evaluate(net: LatentODE, sym, data: Data, cfg: Config, noise: list[float]) -
             valid[name] = float(np.median(first * DT))
             at[name] = {t: float(np.median(err[:, int(round(t / DT))]))
                         for t in (0.5, 1.0, 2.0, 3.0, 5.0, 8.0) if t <= cfg.horizon}
-        sym_traj = net.decoder(rk4(symbolic, z0[:1], int(20 / DT), DT))[0].double().numpy()
-    # the symbolic model's long run, mapped to Lorenz coordinates for the figure
-    lat = np.linalg.lstsq(net.decoder.weight.double().detach().numpy(),
-                          (sym_traj - net.decoder.bias.double().detach().numpy()).T,
-                          rcond=None)[0].T
+        # the symbolic model's long run in latent space, mapped to Lorenz coordinates
+        lat = rk4(symbolic, z0[:1], int(20 / DT), DT)[0].double().numpy()
     plot = dict(times=times, errors=errors, truth=truth[0], sym_attractor=lat @ P.T + c,
-                true_attractor=data.z[:3000],
-                pred={k: None for k in errors}, threshold=cfg.threshold)
-    with torch.no_grad():
-        for name, f in (("neural", neural), ("symbolic", symbolic)):
-            plot["pred"][name] = net.decoder(rk4(f, z0[:1], steps, DT))[0].double().numpy()
+                true_attractor=data.z[:3000], pred=first_pred, threshold=cfg.threshold)
     return Result([e.text(4) for e in chosen], [e.complexity for e in chosen], coefs,
                   constants, spurious, affine_r2, noise, sym_error, valid, at, {}, plot, sym)
 
