@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from . import _select
-from ._engine import default_restarts
-from ._distill import Job, build_front, run_jobs, split_rows
+from ._engine import default_restarts, default_transforms
+from ._distill import TRANSFORMS, Job, build_front, check_transforms, run_jobs, split_rows
 from ._equations import ParetoFront
 from ._expr import variable
 from ._errors import RecordingError, SymTorchFXError, UntraceableModelError
@@ -149,6 +149,7 @@ def convert(
     selection="auto",
     noise=None,
     restarts: int | None = None,
+    transforms=None,
     reduce=None,
     executor=None,
     progress: bool = True,
@@ -167,6 +168,11 @@ def convert(
             output, or ``{region: number or [one per output]}``; ``"auto"`` uses it.
         restarts: independent searches (different seeds) per output, merged into one front;
             None: the engine's own default (``sfx.Operon``: 4 searches of 500 rows each).
+        transforms: transforms of each output searched once more each, beside the ``restarts``
+            searches of the output itself, their equations mapped back and merged into the same
+            front: ``"square"`` (search y^2, keep sqrt) and ``"log"`` (search log|y|, keep exp).
+            Each needs an output of one sign (``log``: never 0) and is skipped for outputs that
+            change sign. None: the engine's own (``sfx.Operon``: both); ``()``: none.
         reduce: ``sfx.PCA(inputs=a, outputs=b)`` or ``sfx.LearnedProjection(...)`` (or a dict
             ``{target: reduction}``): distill equations between a few components of wide
             inputs and outputs instead of every feature.
@@ -181,7 +187,8 @@ def convert(
     st = _prepared_state(prepared)
     results = distill_recordings(
         st.regions, st.recorders, engine=engine, selection=selection, noise=noise,
-        restarts=restarts, reduce=reduce, executor=executor, progress=progress,
+        restarts=restarts, transforms=transforms, reduce=reduce, executor=executor,
+        progress=progress,
         validation=validation, seed=seed, kernel=kernel)
     modes = {name: "symbolic" for name in results}
     sym = st.host.symbolic({k: r.module for k, r in results.items()}, modes)
@@ -196,6 +203,7 @@ def distill_recordings(
     selection="auto",
     noise=None,
     restarts: int | None = None,
+    transforms=None,
     reduce=None,
     executor=None,
     progress: bool = True,
@@ -216,6 +224,7 @@ def distill_recordings(
         restarts = default_restarts(engine)
     if not isinstance(restarts, int) or restarts < 1:
         raise SymTorchFXError(f"restarts must be a positive integer, got {restarts!r}")
+    transforms = check_transforms(default_transforms(engine) if transforms is None else transforms)
 
     data, jobs = {}, []
     for ri, region in enumerate(regions):
@@ -246,6 +255,11 @@ def distill_recordings(
             for r in range(restarts):
                 jobs.append(Job(region.name, k, r, X[train], Y[train, k], names,
                                 seed=_job_seed(seed, ri, k, r)))
+            for j, name in enumerate(transforms):
+                if TRANSFORMS[name].applies(Y[:, k]):
+                    r = restarts + j
+                    jobs.append(Job(region.name, k, r, X[train], Y[train, k], names,
+                                    seed=_job_seed(seed, ri, k, r), transform=name))
 
     texts = run_jobs(engine, jobs, executor=executor, progress=progress)
     by_output: dict[tuple[str, int], list[str]] = {}

@@ -1,6 +1,7 @@
 """Stage ``distill``: recordings -> a Pareto front of equations per (region, output).
 
-Each (region, output, restart) is one job for the engine. Jobs go through a
+Each (region, output, restart) is one job for the engine; a job may search a transform of the
+output (``y^2``, ``log|y|``) and map each equation it finds back to ``y``. Jobs go through a
 ``concurrent.futures.Executor``: local processes by default, threads, inline, any Executor you
 pass, or a ``dask.distributed.Client`` (its ``get_executor()`` is used), so a cluster needs no
 other change. Engines return equation text; here it is parsed, tidied, and scored by *our*
@@ -14,6 +15,7 @@ import multiprocessing
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,15 +38,90 @@ class Job:
     variables: list[str]
     seed: int
     weights: np.ndarray | None = None
+    transform: str = "identity"
 
     @property
     def label(self) -> str:
-        return f"{self.region}[{self.output}]" + (f" restart {self.restart}" if self.restart else "")
+        return (f"{self.region}[{self.output}]"
+                + (f" restart {self.restart}" if self.restart else "")
+                + (f" ({self.transform} of the output)" if self.transform != "identity" else ""))
 
 
 def run_job(engine, job: Job) -> list[str]:
-    """Runs in a worker: one engine search."""
-    return list(engine.search(job.X, job.y, job.variables, job.seed, job.weights))
+    """Runs in a worker: one engine search (of the job's transform of ``y``, mapped back)."""
+    t = TRANSFORMS[job.transform]
+    sign = t.sign(job.y)
+    if t.name != "identity" and hasattr(engine, "with_operators"):
+        engine = engine.with_operators(t.operators)
+    texts = engine.search(job.X, t.forward(sign * job.y), job.variables, job.seed, job.weights)
+    return [t.back(text, sign) for text in texts]
+
+
+# ----------------------------------------------------------------------------------------------
+# transforms of the output: search g(y) ~ f(x), keep y = g^-1(f(x))
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A search of ``g(y)`` instead of ``y``; its equations are mapped back through ``g``'s inverse.
+
+    Some laws are far simpler, for a search, after a transform of their value: the inverse
+    square of a relativistic ``m / sqrt(1 - v^2/c^2)`` is a polynomial in ``v/c`` over ``m^2``,
+    the log of a Gaussian a quadratic (plus a log). A transform other than the identity needs an
+    output of one sign ``s``: it searches ``g(s*y)`` and maps an equation ``f`` back to
+    ``s * inverse(f)``. It searches with the few ``operators`` that such structure is made of,
+    for an engine that can narrow its vocabulary (``engine.with_operators``): with ``cos`` at
+    hand a search of ``1 - v^2/c^2`` settles for ``cos(1.5 v/c)``.
+    """
+
+    name: str
+    #: g, applied to ``s*y`` (values >= 0)
+    forward: Callable[[np.ndarray], np.ndarray]
+    #: g's inverse, as a text template around the equation found: ``"sqrt({f})"``
+    inverse: str
+    #: whether g needs ``y`` nonzero everywhere (a log), not only of one sign
+    nonzero: bool = False
+    #: the vocabulary of the transformed search (intersected with the engine's own)
+    operators: tuple[str, ...] = ("add", "sub", "mul", "div", "square")
+
+    def sign(self, y: np.ndarray) -> int:
+        return -1 if self.name != "identity" and np.all(y <= 0) else 1
+
+    def applies(self, y: np.ndarray) -> bool:
+        """Whether these recorded values can be searched through this transform."""
+        y = np.asarray(y)
+        if self.name == "identity":
+            return True
+        if self.nonzero:
+            return bool(np.all(y > 0) or np.all(y < 0))
+        return bool((np.all(y >= 0) or np.all(y <= 0)) and np.any(y != 0))
+
+    def back(self, text: str, sign: int) -> str:
+        return ("-" if sign < 0 else "") + self.inverse.format(f=text)
+
+
+TRANSFORMS = {t.name: t for t in (
+    Transform("identity", lambda a: a, "{f}"),
+    Transform("square", np.square, "sqrt({f})"),
+    Transform("inverse_square", lambda a: 1.0 / np.square(a), "1/sqrt({f})", nonzero=True),
+    Transform("log", np.log, "exp({f})", nonzero=True,
+              operators=("add", "sub", "mul", "div", "square", "log")),
+)}
+
+
+def check_transforms(transforms) -> tuple[str, ...]:
+    """``transforms`` as a tuple of known names, or an error naming the choices."""
+    if isinstance(transforms, str) or not isinstance(transforms, (tuple, list)):
+        raise SymTorchFXError(
+            f"transforms must be a list of names such as ['square', 'log'], got {transforms!r}"
+        )
+    bad = [t for t in transforms if t not in TRANSFORMS or t == "identity"]
+    if bad:
+        raise SymTorchFXError(
+            f"unknown output transform(s) {bad!r}; choose from "
+            f"{sorted(set(TRANSFORMS) - {'identity'})} (the output itself is always searched)"
+        )
+    return tuple(dict.fromkeys(transforms))
 
 
 class InlineExecutor(cf.Executor):

@@ -19,8 +19,10 @@ class Engine(Protocol):
     name: str
     #: whether independent jobs may run concurrently in worker processes/threads
     parallel_jobs: bool
-    # optional, so not a member of the protocol: ``restarts``, the independent searches per
-    # output that ``convert`` runs and merges unless its ``restarts=`` says otherwise (default 1)
+    # optional, so not members of the protocol: ``restarts``, the independent searches per
+    # output that ``convert`` runs and merges unless its ``restarts=`` says otherwise (default 1),
+    # and ``transforms``, the transforms of the output searched once each beside them (default
+    # none; see ``_distill.TRANSFORMS``)
 
     def check(self) -> None:
         """Raise :class:`EngineUnavailableError` (saying how to fix it) if the engine cannot run."""
@@ -39,6 +41,12 @@ class Engine(Protocol):
 def default_restarts(engine) -> int:
     """The engine's own number of searches per output (1 for engines that do not say)."""
     return getattr(engine, "restarts", 1)
+
+
+def default_transforms(engine) -> tuple[str, ...]:
+    """The engine's own transforms of the output to search as well (none for engines that do
+    not say)."""
+    return tuple(getattr(engine, "transforms", ()))
 
 
 def settings_repr(obj) -> str:

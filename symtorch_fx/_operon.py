@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._distill import check_transforms
 from ._engine import resample_by_weight, settings_repr
 from ._errors import EngineUnavailableError, SymTorchFXError
 from ._ops import BINARY_OPERATORS, UNARY_OPERATORS
@@ -41,6 +42,10 @@ class Operon:
         restarts: independent searches per output (different seeds and row samples), merged
             into one front, that ``convert`` runs unless its ``restarts=`` says otherwise. They
             are separate jobs, so they run in parallel on several cores.
+        transforms: transforms of the output searched once each beside those (``"square"``:
+            y^2, ``"inverse_square"``: 1/y^2, ``"log"``: log|y|), with arithmetic operators
+            only (and ``log`` for the log), their equations mapped back into the same front, for
+            outputs of one sign; ``convert(transforms=...)`` overrides them.
         n_threads: threads Operon uses inside one search.
 
     The defaults, 4 searches of 500 rows rather than one of 2000, are measured: on the 35-law
@@ -64,6 +69,7 @@ class Operon:
         max_time: float | None = None,
         max_rows: int = 500,
         restarts: int = 4,
+        transforms: Sequence[str] = ("square", "inverse_square", "log"),
         n_threads: int = 1,
         **kwargs,
     ):
@@ -79,6 +85,7 @@ class Operon:
         self.max_time = max_time
         self.max_rows = max_rows
         self.restarts = restarts
+        self.transforms = check_transforms(transforms)
         self.n_threads = n_threads
         self.kwargs = kwargs
         self._symbols()  # fail now, not in a worker
@@ -97,6 +104,15 @@ class Operon:
                 )
             out.append(name)
         return ",".join(dict.fromkeys(out + ["constant", "variable"]))
+
+    def with_operators(self, operators: Sequence[str]) -> "Operon":
+        """This engine with its vocabulary narrowed to ``operators`` (those it has), as the
+        searches of a transformed output ask (see ``_distill.Transform``)."""
+        import copy
+
+        narrowed = copy.copy(self)
+        narrowed.operators = tuple(op for op in self.operators if op in operators) or self.operators
+        return narrowed
 
     def check(self) -> None:
         try:

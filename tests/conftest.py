@@ -17,9 +17,9 @@ torch.set_num_threads(2)
 
 
 def fast_engine(**kw) -> sfx.Operon:
-    # one search per output unless a test asks for restarts
+    # one search of each output itself, no transformed searches, unless a test asks for them
     settings = dict(population_size=300, generations=60, max_length=20, max_rows=1000,
-                    restarts=1)
+                    restarts=1, transforms=())
     settings.update(kw)
     return sfx.Operon(**settings)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import sympy
 import torch
@@ -248,3 +249,118 @@ def test_restarts_default_to_the_engines_own_number():
     for bad in (0, -2, 1.5, "4"):
         with pytest.raises(sfx.SymTorchFXError, match="restarts must be a positive integer"):
             sfx.Operon(restarts=bad)
+
+
+# ----------------------------------------------------------------------------------------------
+# transforms of the output
+
+
+class Transformed(nn.Module):
+    """y = -1/sqrt(1 + x0^2 + x1^2): negative everywhere, and 1/y^2 is a polynomial."""
+
+    def forward(self, x):
+        return -torch.rsqrt(1 + x[:, :1] ** 2 + x[:, 1:2] ** 2)
+
+
+class WhatItSaw:
+    """An engine that answers a search of a transformed output with the exact law of what it was
+    given (and a search of the output itself with a poor line), so the test sees what each
+    transform searched and how its answer was mapped back."""
+
+    name, parallel_jobs, restarts = "what-it-saw", False, 1
+
+    def __init__(self, transforms=()):
+        self.transforms = transforms
+        self.targets = []
+
+    def check(self):
+        pass
+
+    def search(self, X, y, variables, seed, weights=None):
+        self.targets.append(np.asarray(y).copy())
+        r2 = X[:, 0] ** 2 + X[:, 1] ** 2
+        for text, law in (("0.1*x0", -1 / np.sqrt(1 + r2)),
+                          ("1 + x0^2 + x1^2", 1 + r2),
+                          ("1/(1 + x0^2 + x1^2)", 1 / (1 + r2)),
+                          ("-0.5*log(1 + x0^2 + x1^2)", -0.5 * np.log1p(r2))):
+            if np.allclose(y, law, rtol=1e-5, atol=1e-6):
+                return [text]
+        raise AssertionError("searched a target that is no transform of the law")
+
+
+def test_each_transform_searches_its_target_and_maps_the_law_back():
+    xs = torch.rand(600, 2) * 2 - 1
+    y = Transformed()(xs)[:, 0].double().numpy()
+    for transform in ("square", "inverse_square", "log"):
+        engine = WhatItSaw()
+        sym = sfx.compile(Wrapper(Transformed()), ["net"], xs, engine=engine,
+                          transforms=[transform], executor="inline", progress=False)
+        assert len(engine.targets) == 2  # the output itself, then its transform
+        # the transformed search's law, mapped back with the output's sign, is chosen and
+        # reproduces the output on every row
+        eq = sym.equations["net"][0].equation
+        assert eq.loss < 1e-12, (transform, eq.text())
+        f = sympy.lambdify(eq.variables, eq.expr, "numpy")
+        np.testing.assert_allclose(f(*xs.double().numpy().T), y, rtol=1e-6)
+
+
+def test_transforms_need_an_output_of_one_sign():
+    from symtorch_fx._distill import TRANSFORMS
+
+    pos, neg = np.array([0.5, 2.0, 3.0]), np.array([-0.5, -2.0, -3.0])
+    both, zero = np.array([-1.0, 0.0, 2.0]), np.array([0.0, 1.0, 2.0])
+    for name in ("square", "inverse_square", "log"):
+        t = TRANSFORMS[name]
+        assert t.applies(pos) and t.applies(neg) and not t.applies(both)
+        assert t.sign(pos) == 1 and t.sign(neg) == -1
+    # a zero is fine under a square root, not under a log or a division
+    assert TRANSFORMS["square"].applies(zero)
+    assert not TRANSFORMS["inverse_square"].applies(zero) and not TRANSFORMS["log"].applies(zero)
+    # an output that changes sign is searched as it is, once
+    engine = BySeed()
+    xs = torch.linspace(-2, 2, 400)[:, None]
+    sfx.compile(Wrapper(nn.Tanh()), ["net"], xs, engine=engine, executor="inline",
+                transforms=["square", "log"], progress=False)
+    assert len(engine.seeds) == 1
+
+
+def test_transforms_default_to_the_engines_own_and_are_checked():
+    xs = torch.rand(400, 2) + 0.5
+    own = WhatItSaw(transforms=("log",))
+    sfx.compile(Wrapper(Transformed()), ["net"], xs, engine=own, executor="inline",
+                progress=False)
+    assert len(own.targets) == 2 and np.all(own.targets[1] < 0)  # log(1/sqrt(1 + r^2)) < 0
+    told = WhatItSaw(transforms=("log",))
+    sfx.compile(Wrapper(Transformed()), ["net"], xs, engine=told, transforms=(),
+                executor="inline", progress=False)
+    assert len(told.targets) == 1
+    assert sfx.Operon().transforms == ("square", "inverse_square", "log")
+    assert getattr(sfx.PySR(), "transforms", ()) == ()
+    for bad, why in (("square", "must be a list of names"), (["cube"], "unknown output"),
+                     (["identity"], "unknown output")):
+        with pytest.raises(sfx.SymTorchFXError, match=why):
+            sfx.Operon(transforms=bad)
+        with pytest.raises(sfx.SymTorchFXError, match=why):
+            sfx.compile(Wrapper(Transformed()), ["net"], xs, engine=WhatItSaw(),
+                        transforms=bad, executor="inline", progress=False)
+
+
+def test_transformed_searches_narrow_the_vocabulary():
+    engine = sfx.Operon(operators=("add", "sub", "mul", "div", "sin", "log"))
+    assert engine.with_operators(("add", "sub", "mul", "div", "square")).operators == (
+        "add", "sub", "mul", "div")
+    assert engine.operators == ("add", "sub", "mul", "div", "sin", "log")  # a copy was narrowed
+
+
+def test_a_law_reachable_only_through_a_transform_is_recovered():
+    # the real engine, without sqrt: searching y itself cannot write -1/sqrt(1 + x0^2 + x1^2);
+    # searching 1/y^2 finds the polynomial 1 + x0^2 + x1^2, and the front holds the law
+    from conftest import equivalent, fast_engine
+
+    xs = torch.rand(2000, 2) * 4 - 2
+    engine = fast_engine(operators=("add", "sub", "mul", "div", "square"),
+                         transforms=("inverse_square",))
+    sym = sfx.compile(Wrapper(Transformed()), ["net"], xs, engine=engine, progress=False)
+    x0, x1 = sympy.symbols("x0 x1", real=True)
+    chosen = sym.equations["net"][0].equation.expr
+    assert equivalent(chosen, -1 / sympy.sqrt(1 + x0**2 + x1**2)), chosen
