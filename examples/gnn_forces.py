@@ -339,7 +339,8 @@ def run_law(law: str, cfg: Config, progress: bool = False) -> LawResult:
         train(net, data, cfg)
     net.eval()
     engine = sfx.Operon(operators=("add", "sub", "mul", "div"), population_size=cfg.population,
-                        generations=cfg.generations, max_length=cfg.max_length, max_rows=1000)
+                        generations=cfg.generations, max_length=cfg.max_length, max_rows=1000,
+                        transforms=())
     sample = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:500]
     with clock("distill"):
         sym = sfx.compile(net, targets="edge", sample_inputs=[data.batch(sample)],

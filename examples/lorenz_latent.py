@@ -255,7 +255,8 @@ def run(cfg: Config = FULL, progress: bool = False) -> Result:
     net.eval()
     X = torch.tensor(data.obs, dtype=torch.float32)
     engine = sfx.Operon(operators=("add", "sub", "mul"), population_size=cfg.population,
-                        generations=cfg.generations, max_length=cfg.max_length, max_rows=1000)
+                        generations=cfg.generations, max_length=cfg.max_length, max_rows=1000,
+                        transforms=())
     with clock("distill"):
         sym = sfx.compile(net, targets="dynamics", sample_inputs=X.split(4096), engine=engine,
                           noise=noise, restarts=cfg.restarts, seed=cfg.seed, progress=progress)

@@ -288,7 +288,7 @@ def run_system(name: str, cfg: Config, progress: bool = False) -> SystemResult:
     model = problem.model.eval()
     engine = sfx.Operon(operators=("add", "sub", "mul", "div", "sin", "exp"),
                         population_size=cfg.population, generations=cfg.generations,
-                        max_length=20, max_rows=2000)
+                        max_length=20, max_rows=2000, transforms=())
     with clock("distill"):
         sym = sfx.compile(model, targets="", sample_inputs=[problem.grid], engine=engine,
                           restarts=cfg.restarts, seed=cfg.seed, progress=progress)
