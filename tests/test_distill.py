@@ -32,8 +32,14 @@ def test_three_output_target_each_output_recovered():
     Y = torch.stack([X[:, 0] * X[:, 1], torch.cos(X[:, 1]), X[:, 0] + 2 * X[:, 1]], 1)
     net = Wrapped(2, 3)
     train(net, X, Y, seed=1, steps=4000)  # shorter training leaves the net further from cos
+    # The network's own error per output, as labels would give it. How far this net lands from
+    # cos depends on the CPU's float rounding: on one machine a look-alike
+    # -0.988*log(0.16*x1^2 + 0.60) fit it 7.7x better than 0.5075*cos(0.9894*x1) for 3 more
+    # nodes (0.68 nats a node), and the label-free rule took it.
+    with torch.no_grad():
+        noise = ((net.mlp(X) - Y / 2) ** 2).mean(0).tolist()
     sym = sfx.compile(net.eval(), targets="mlp", sample_inputs=X, engine=fast_engine(),
-                      progress=False)  # default executor: local processes, 3 jobs
+                      noise=noise, progress=False)  # default executor: local processes, 3 jobs
     fronts = sym.equations["mlp"]
     truths = [x0 * x1 / 2, sympy.cos(x1) / 2, x0 / 2 + x1]  # the model doubles the MLP
     assert len(fronts) == 3
