@@ -256,10 +256,12 @@ def distill_recordings(
                 jobs.append(Job(region.name, k, r, X[train], Y[train, k], names,
                                 seed=_job_seed(seed, ri, k, r)))
             for j, name in enumerate(transforms):
-                if TRANSFORMS[name].applies(Y[:, k]):
+                t = TRANSFORMS[name]
+                if t.applies(Y[:, k]):
                     r = restarts + j
                     jobs.append(Job(region.name, k, r, X[train], Y[train, k], names,
-                                    seed=_job_seed(seed, ri, k, r), transform=name))
+                                    seed=_job_seed(seed, ri, k, r), transform=name,
+                                    sign=t.sign(Y[:, k])))
 
     texts = run_jobs(engine, jobs, executor=executor, progress=progress)
     by_output: dict[tuple[str, int], list[str]] = {}

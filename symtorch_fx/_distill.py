@@ -39,6 +39,8 @@ class Job:
     seed: int
     weights: np.ndarray | None = None
     transform: str = "identity"
+    #: the sign ``s`` of an output searched through a one-sign transform (``g(s*y)``)
+    sign: int = 1
 
     @property
     def label(self) -> str:
@@ -50,15 +52,19 @@ class Job:
 def run_job(engine, job: Job) -> list[str]:
     """Runs in a worker: one engine search (of the job's transform of ``y``, mapped back)."""
     t = TRANSFORMS[job.transform]
-    sign = t.sign(job.y)
-    if t.name != "identity" and hasattr(engine, "with_operators"):
+    if t.operators is not None and hasattr(engine, "with_operators"):
         engine = engine.with_operators(t.operators)
-    texts = engine.search(job.X, t.forward(sign * job.y), job.variables, job.seed, job.weights)
-    return [t.back(text, sign) for text in texts]
+    texts = engine.search(job.X, t.forward(job.sign * job.y), job.variables, job.seed,
+                          job.weights)
+    return [t.back(text, job.sign) for text in texts]
 
 
 # ----------------------------------------------------------------------------------------------
 # transforms of the output: search g(y) ~ f(x), keep y = g^-1(f(x))
+
+
+#: the vocabulary of transformed searches: rational functions (and squares) of the inputs
+ARITHMETIC = ("add", "sub", "mul", "div", "square")
 
 
 @dataclass(frozen=True)
@@ -79,18 +85,21 @@ class Transform:
     forward: Callable[[np.ndarray], np.ndarray]
     #: g's inverse, as a text template around the equation found: ``"sqrt({f})"``
     inverse: str
+    #: whether g needs an output of one sign (every transform but the identity)
+    one_sign: bool = True
     #: whether g needs ``y`` nonzero everywhere (a log), not only of one sign
     nonzero: bool = False
-    #: the vocabulary of the transformed search (intersected with the engine's own)
-    operators: tuple[str, ...] = ("add", "sub", "mul", "div", "square")
+    #: the vocabulary of the search (intersected with the engine's own); None: the engine's
+    operators: tuple[str, ...] | None = ARITHMETIC
 
     def sign(self, y: np.ndarray) -> int:
-        return -1 if self.name != "identity" and np.all(y <= 0) else 1
+        """``s``: -1 for an output that is nowhere positive, searched as ``g(-y)``."""
+        return -1 if self.one_sign and np.all(np.asarray(y) <= 0) else 1
 
     def applies(self, y: np.ndarray) -> bool:
         """Whether these recorded values can be searched through this transform."""
         y = np.asarray(y)
-        if self.name == "identity":
+        if not self.one_sign:
             return True
         if self.nonzero:
             return bool(np.all(y > 0) or np.all(y < 0))
@@ -101,11 +110,11 @@ class Transform:
 
 
 TRANSFORMS = {t.name: t for t in (
-    Transform("identity", lambda a: a, "{f}"),
+    Transform("identity", lambda a: a, "{f}", one_sign=False, operators=None),
     Transform("square", np.square, "sqrt({f})"),
     Transform("inverse_square", lambda a: 1.0 / np.square(a), "1/sqrt({f})", nonzero=True),
     Transform("log", np.log, "exp({f})", nonzero=True,
-              operators=("add", "sub", "mul", "div", "square", "log")),
+              operators=ARITHMETIC + ("log",)),
 )}
 
 

@@ -111,7 +111,15 @@ class Operon:
         import copy
 
         narrowed = copy.copy(self)
-        narrowed.operators = tuple(op for op in self.operators if op in operators) or self.operators
+        narrowed.operators = tuple(op for op in self.operators if op in operators)
+        if not narrowed.operators:
+            warnings.warn(
+                f"none of the operators {tuple(operators)} asked for is in this engine's "
+                f"vocabulary {self.operators}; the search keeps that vocabulary (add some of "
+                "them to `operators=` for transformed searches to use them)",
+                stacklevel=2,
+            )
+            narrowed.operators = self.operators
         return narrowed
 
     def check(self) -> None:

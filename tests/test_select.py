@@ -350,6 +350,10 @@ def test_transformed_searches_narrow_the_vocabulary():
     assert engine.with_operators(("add", "sub", "mul", "div", "square")).operators == (
         "add", "sub", "mul", "div")
     assert engine.operators == ("add", "sub", "mul", "div", "sin", "log")  # a copy was narrowed
+    # a vocabulary with none of the asked-for operators is kept whole, and says so
+    trig = sfx.Operon(operators=("sin", "cos"))
+    with pytest.warns(UserWarning, match="keeps that vocabulary"):
+        assert trig.with_operators(("add", "square")).operators == ("sin", "cos")
 
 
 def test_a_law_reachable_only_through_a_transform_is_recovered():
