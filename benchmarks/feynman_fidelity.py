@@ -97,7 +97,10 @@ class Model(nn.Module):
 def evaluate(expr: sympy.Expr, symbols, X: np.ndarray) -> np.ndarray:
     f = sympy.lambdify(symbols, expr, "numpy")
     with np.errstate(all="ignore"):
-        out = np.asarray(f(*X.T), dtype=np.float64)
+        out = np.asarray(f(*X.T))
+    if np.iscomplexobj(out):  # e.g. a constant folded under a root: no real value there
+        out = np.where(out.imag == 0, out.real, np.nan)
+    out = out.astype(np.float64)
     return out if out.shape == (len(X),) else np.broadcast_to(out, (len(X),)).copy()
 
 
