@@ -31,6 +31,7 @@ stdout. ``--set key=value`` overrides an ``sfx.Operon`` setting to measure other
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -304,16 +305,48 @@ def _sympy_zero(exprs, seconds: float) -> bool | None:
 # the run
 
 
+_PRUNED = "<pruned>"  # marks where a search's pruned forms start in its texts
+
+
+@contextlib.contextmanager
+def recording_jobs(into: list):
+    """Record every search's candidates (engine texts and pruned forms apart) in ``into``, so
+    fronts without some searches, or without pruning, can be rebuilt later (``--ablate``)."""
+    from symtorch_fx import _api, _distill
+
+    real_prune, real_run = _distill.prune_candidates, _api.run_jobs
+
+    def prune(*args, **kwargs):
+        return [_PRUNED] + real_prune(*args, **kwargs)
+
+    def run(engine, jobs, **kwargs):
+        out = []
+        for job, texts in zip(jobs, real_run(engine, jobs, **kwargs)):
+            cut = next((i for i, t in enumerate(texts) if _PRUNED in t), len(texts))
+            into.append({"transform": job.transform, "restart": job.restart,
+                         "texts": texts[:cut], "pruned": texts[cut + 1:]})
+            out.append(texts[:cut] + texts[cut + 1:])
+        return out
+
+    _distill.prune_candidates, _api.run_jobs = prune, run  # workers fork after this
+    try:
+        yield into
+    finally:
+        _distill.prune_candidates, _api.run_jobs = real_prune, real_run
+
+
 def distill(model: Model, X: torch.Tensor, restarts: int | None, engine_kw: dict,
-            seed: int = 0):
-    """(symbolic model, wall seconds, CPU seconds of this process and its workers)."""
+            seed: int = 0, prune: bool = True):
+    """(symbolic model, wall seconds, CPU seconds of this process and its workers, the
+    searches' candidates)."""
+    jobs: list[dict] = []
     cpu0, t0 = _cpu(), time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), recording_jobs(jobs):
         warnings.simplefilter("ignore")
         sym = sfx.compile(model, targets=["net"], sample_inputs=X.split(2048),
                           engine=sfx.Operon(**engine_kw), restarts=restarts, seed=seed,
-                          progress=False)
-    return sym, time.perf_counter() - t0, _cpu() - cpu0
+                          prune=prune, progress=False)
+    return sym, time.perf_counter() - t0, _cpu() - cpu0, jobs
 
 
 def _cpu() -> float:
@@ -346,16 +379,53 @@ def run_law(law, index: int, args, engine_kw: dict) -> dict:
     model, info = train_net(law, index)
     X, _ = law_data(law, index)
     load = os.getloadavg()[0]
-    sym, seconds, cpu = distill(model, X, args.restarts, engine_kw, args.seed)
+    sym, seconds, cpu, jobs = distill(model, X, args.restarts, engine_kw, args.seed,
+                                      prune=not args.no_prune)
     front = sym.equations["net"][0]
     rec = {
         "law": law.name, "index": index, "formula": law.formula, "d": len(law.variables),
         "net": info, "seconds": seconds, "cpu_seconds": cpu, "load": load,
-        "restarts": args.restarts, "seed": args.seed,
-        "front": [{"text": e.text(), "complexity": e.complexity, "loss": e.loss,
-                   "finite": e.finite} for e in front],
+        "restarts": args.restarts, "seed": args.seed, "prune": not args.no_prune,
+        "front": _front_record(front), "jobs": jobs,
     }
     return judge(rec, law)
+
+
+def _front_record(front) -> list[dict]:
+    return [{"text": e.text(), "complexity": e.complexity, "loss": e.loss, "finite": e.finite}
+            for e in front]
+
+
+#: the variants ``--ablate`` rebuilds from a run's recorded candidates
+ABLATIONS = {
+    "as run": lambda job: (True, True),
+    "no transforms": lambda job: (job["transform"] == "identity", True),
+    "no pruning": lambda job: (True, False),
+    "neither (the previous default)": lambda job: (job["transform"] == "identity", False),
+}
+
+
+def ablate(rec: dict, law, variant: str) -> dict:
+    """``rec``'s front rebuilt from its recorded candidates without some searches or without
+    the pruned forms (see ``ABLATIONS``), judged like a run's."""
+    from symtorch_fx._distill import build_front, split_rows
+
+    model, _ = train_net(law, rec["index"])
+    X, _ = law_data(law, rec["index"])
+    with torch.no_grad():
+        Y = model(X)[:, 0].double().numpy()
+    X = X.double().numpy()
+    train, val = split_rows(len(X), 0.25, rec["seed"])
+    texts = []
+    for job in rec["jobs"]:
+        keep, pruned = ABLATIONS[variant](job)
+        if keep:
+            texts += job["texts"] + (job["pruned"] if pruned else [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        front, _ = build_front(texts, list(law.symbols), X[train], Y[train], X[val], Y[val], X)
+    out = {k: v for k, v in rec.items() if k not in ("front", "picks", "scored", "jobs")}
+    return judge(dict(out, front=_front_record(front)), law)
 
 
 def front_of(rec: dict, law) -> ParetoFront:
@@ -435,7 +505,20 @@ def main(argv=None) -> None:
     p.add_argument("--rescore", type=Path, metavar="JSON",
                    help="no searches: re-apply the rules and re-score the fronts recorded in "
                         "JSON (after a change to a rule or to the scoring), then print the tables")
+    p.add_argument("--no-prune", action="store_true", help="convert(prune=False)")
+    p.add_argument("--ablate", type=Path, metavar="JSON",
+                   help="no searches: rebuild the fronts of a run recorded in JSON without some "
+                        "of its searches or without pruning, and print each variant's table")
     args = p.parse_args(argv)
+    if args.ablate:
+        saved = json.loads(args.ablate.read_text())
+        laws, _ = feynman_suite.load()
+        for variant in ABLATIONS:
+            recs = [ablate(r, laws[r["index"]], variant) for r in saved["records"]]
+            print(f"### {variant}\n")
+            print(table(recs))
+            print()
+        return
     if args.rescore:
         saved = json.loads(args.rescore.read_text())
         laws, _ = feynman_suite.load()

@@ -150,6 +150,7 @@ def convert(
     noise=None,
     restarts: int | None = None,
     transforms=None,
+    prune: bool = True,
     reduce=None,
     executor=None,
     progress: bool = True,
@@ -170,9 +171,15 @@ def convert(
             None: the engine's own default (``sfx.Operon``: 4 searches of 500 rows each).
         transforms: transforms of each output searched once more each, beside the ``restarts``
             searches of the output itself, their equations mapped back and merged into the same
-            front: ``"square"`` (search y^2, keep sqrt) and ``"log"`` (search log|y|, keep exp).
-            Each needs an output of one sign (``log``: never 0) and is skipped for outputs that
-            change sign. None: the engine's own (``sfx.Operon``: both); ``()``: none.
+            front: ``"square"`` (search y^2, keep sqrt), ``"inverse_square"`` (search 1/y^2,
+            keep 1/sqrt) and ``"log"`` (search log|y|, keep exp). Each needs an output of one
+            sign (``inverse_square`` and ``log``: never 0) and is skipped for outputs that
+            change sign. None: the engine's own (``sfx.Operon``: all three); ``()``: none.
+        prune: also offer simpler forms of each search's candidates near its front: constants
+            fixed at 0 or +-1 one at a time, the others refit (``1.0003*x0*x1 + 0.0002`` ->
+            ``x0*x1``). They join the front and are chosen like any other equation; the law's
+            form, stripped of the constants an engine dresses it in, stops losing to shorter
+            look-alikes. Runs in the search's worker.
         reduce: ``sfx.PCA(inputs=a, outputs=b)`` or ``sfx.LearnedProjection(...)`` (or a dict
             ``{target: reduction}``): distill equations between a few components of wide
             inputs and outputs instead of every feature.
@@ -187,8 +194,8 @@ def convert(
     st = _prepared_state(prepared)
     results = distill_recordings(
         st.regions, st.recorders, engine=engine, selection=selection, noise=noise,
-        restarts=restarts, transforms=transforms, reduce=reduce, executor=executor,
-        progress=progress,
+        restarts=restarts, transforms=transforms, prune=prune, reduce=reduce,
+        executor=executor, progress=progress,
         validation=validation, seed=seed, kernel=kernel)
     modes = {name: "symbolic" for name in results}
     sym = st.host.symbolic({k: r.module for k, r in results.items()}, modes)
@@ -204,6 +211,7 @@ def distill_recordings(
     noise=None,
     restarts: int | None = None,
     transforms=None,
+    prune: bool = True,
     reduce=None,
     executor=None,
     progress: bool = True,
@@ -225,6 +233,8 @@ def distill_recordings(
     if not isinstance(restarts, int) or restarts < 1:
         raise SymTorchFXError(f"restarts must be a positive integer, got {restarts!r}")
     transforms = check_transforms(default_transforms(engine) if transforms is None else transforms)
+    if not isinstance(prune, bool):
+        raise SymTorchFXError(f"prune must be True or False, got {prune!r}")
 
     data, jobs = {}, []
     for ri, region in enumerate(regions):
@@ -254,14 +264,14 @@ def distill_recordings(
         for k in range(Y.shape[1]):
             for r in range(restarts):
                 jobs.append(Job(region.name, k, r, X[train], Y[train, k], names,
-                                seed=_job_seed(seed, ri, k, r)))
+                                seed=_job_seed(seed, ri, k, r), prune=prune))
             for j, name in enumerate(transforms):
                 t = TRANSFORMS[name]
                 if t.applies(Y[:, k]):
                     r = restarts + j
                     jobs.append(Job(region.name, k, r, X[train], Y[train, k], names,
                                     seed=_job_seed(seed, ri, k, r), transform=name,
-                                    sign=t.sign(Y[:, k])))
+                                    sign=t.sign(Y[:, k]), prune=prune))
 
     texts = run_jobs(engine, jobs, executor=executor, progress=progress)
     by_output: dict[tuple[str, int], list[str]] = {}

@@ -26,6 +26,7 @@ from ._equations import Equation
 from ._errors import EquationSyntaxError, SymTorchFXError
 from ._expr import complexity, parse, tidy, to_text
 from ._lower import evaluate
+from ._prune import prune_candidates
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Job:
     transform: str = "identity"
     #: the sign ``s`` of an output searched through a one-sign transform (``g(s*y)``)
     sign: int = 1
+    #: also return simpler forms of the candidates, constants pruned (``_prune``)
+    prune: bool = False
 
     @property
     def label(self) -> str:
@@ -54,8 +57,11 @@ def run_job(engine, job: Job) -> list[str]:
     t = TRANSFORMS[job.transform]
     if t.operators is not None and hasattr(engine, "with_operators"):
         engine = engine.with_operators(t.operators)
-    texts = engine.search(job.X, t.forward(job.sign * job.y), job.variables, job.seed,
-                          job.weights)
+    target = t.forward(job.sign * job.y)
+    texts = engine.search(job.X, target, job.variables, job.seed, job.weights)
+    if job.prune:
+        texts = texts + prune_candidates(texts, job.X, target, job.variables, job.weights,
+                                         job.seed)
     return [t.back(text, job.sign) for text in texts]
 
 
@@ -112,7 +118,7 @@ class Transform:
 TRANSFORMS = {t.name: t for t in (
     Transform("identity", lambda a: a, "{f}", one_sign=False, operators=None),
     Transform("square", np.square, "sqrt({f})"),
-    Transform("inverse_square", lambda a: 1.0 / np.square(a), "1/sqrt({f})", nonzero=True),
+    Transform("inverse_square", lambda a: 1.0 / np.square(a), "sqrt(1/({f}))", nonzero=True),
     Transform("log", np.log, "exp({f})", nonzero=True,
               operators=ARITHMETIC + ("log",)),
 )}

@@ -68,7 +68,7 @@ class Operon:
         max_evaluations: int = 10_000_000,
         max_time: float | None = None,
         max_rows: int = 500,
-        restarts: int = 4,
+        restarts: int = 3,
         transforms: Sequence[str] = ("square", "inverse_square", "log"),
         n_threads: int = 1,
         **kwargs,

@@ -112,8 +112,9 @@ def test_equation_nonfinite_on_recorded_rows_is_not_installed():
     seed = next(s for s in range(100) if 7 in sfx._distill.split_rows(400, 0.25, s)[0])
     engine = Candidates(["x0^2 + 0.001*log(x0)", "x0^2 + 0.01*x0", "x0 + 0.5"])
     with pytest.warns(UserWarning, match="non-finite values on recorded inputs"):
+        # (prune=False: pruning would offer x0^2 itself, and this test needs the log form best)
         sym = sfx.compile(Wrapper(Square()), ["net"], xs, engine=engine, selection="accuracy",
-                          progress=False, seed=seed)
+                          progress=False, seed=seed, prune=False)
     front = sym.equations["net"][0]
     assert [e.finite for e in front].count(False) == 1
     assert front.equation.finite and str(front.equation) == "x0^2 + 0.01*x0"
@@ -244,7 +245,7 @@ def test_restarts_default_to_the_engines_own_number():
     sfx.compile(Wrapper(), ["net"], xs, engine=told, restarts=1, executor="inline",
                 progress=False)
     assert len(told.seeds) == 1
-    assert (sfx.Operon().restarts, sfx.Operon().max_rows) == (4, 500)
+    assert (sfx.Operon().restarts, sfx.Operon().max_rows) == (3, 500)
     assert sfx.PySR().restarts == 1
     for bad in (0, -2, 1.5, "4"):
         with pytest.raises(sfx.SymTorchFXError, match="restarts must be a positive integer"):

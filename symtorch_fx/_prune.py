@@ -1,0 +1,250 @@
+"""Part of stage ``distill``: simpler forms of a fitted equation, its constants pruned.
+
+An engine fits every constant it places, and Operon wraps each model in a linear scaling
+``a + b*f(x)``. So an equation of the law's form reaches the candidates dressed in constants the
+law does not have: an offset of ``7e-5``, factors of ``0.9991`` and ``0.9995``, a scale shared by
+a numerator and its denominator, ``c*(a*x + b*y)^2`` where two numbers would do. Each costs
+nodes, and a shorter look-alike that fits the network's own error a little better then
+dominates it on the front: the law never reaches the selection rule.
+
+:func:`simpler_forms` walks one equation down: at each step it fixes the one constant at ``0``,
+``1`` or ``-1`` (which removes it, and often the node it sat in) that costs the least after the
+remaining constants are refit by least squares, and returns every form on the way. The forms
+join the candidates and are scored like every other, on held-out rows; the front and the
+selection rule decide which survive.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy
+
+from ._errors import EquationSyntaxError
+from ._expr import complexity, constant_symbol, parse, templatize, tidy, to_text, variable
+
+#: values a constant may be fixed at: each removes the constant (and ``1*``, ``+ 0`` vanish)
+FIXED_VALUES = (0.0, 1.0, -1.0)
+#: the walk stops when the best step's loss exceeds the original's by this factor
+MAX_LOSS_RATIO = 1e3
+#: equations with more fitted constants than this are not walked (cost grows as its square)
+MAX_CONSTANTS = 12
+
+
+def simpler_forms(
+    expr: sympy.Expr,
+    variables: list[sympy.Symbol],
+    X: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray | None = None,
+) -> list[sympy.Expr]:
+    """Forms of ``expr`` with fewer fitted constants, the rest refit to ``(X, y)``.
+
+    ``w``: optional non-negative row weights (weighted least squares). Returns the forms from
+    one constant fewer down to none (or until the loss grows ``MAX_LOSS_RATIO``-fold); empty when
+    ``expr`` has no constant, too many, or cannot be evaluated.
+
+    Each step ranks every (constant, value) by the loss a linearized refit predicts, then refits
+    the ``SHORTLIST`` best for real (Levenberg-Marquardt) and keeps the best of those.
+    """
+    template, values = templatize(expr)
+    k = len(values)
+    if k == 0 or k > MAX_CONSTANTS:
+        return []
+    consts = [constant_symbol(i) for i in range(k)]
+    try:
+        fn = sympy.lambdify([*variables, *consts], template, "numpy")
+    except Exception:  # noqa: BLE001 - an expression numpy cannot print: nothing to offer
+        return []
+    fit = _Fit(fn, X, y, w)
+    current = np.asarray(values, np.float64)
+    base = fit.loss(current)
+    if not np.isfinite(base):
+        return []
+    free = list(range(k))
+    forms = []
+    while free:
+        moves = _ranked_moves(fit, current, free)
+        best = None
+        for i, v in moves[:SHORTLIST]:
+            trial = current.copy()
+            trial[i] = v
+            fitted, got = fit.refit(trial, [j for j in free if j != i])
+            if best is None or got < best[0]:
+                best = (got, i, fitted)
+        if best is None or not best[0] <= MAX_LOSS_RATIO * max(base, 1e-300):
+            break
+        _, i, current = best
+        free.remove(i)
+        form = template.xreplace(
+            {c: sympy.Float(current[j]) if j in free else sympy.Integer(int(current[j]))
+             for j, c in enumerate(consts)})
+        if not form.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo, sympy.I):
+            forms.append(form)
+    return forms
+
+
+#: moves refit for real at each step, out of those a linearized refit ranks best
+SHORTLIST = 3
+
+
+def _ranked_moves(fit: "_Fit", c: np.ndarray, free: list[int]) -> list[tuple[int, float]]:
+    """Every (constant, value) move, best first by the loss of a linearized refit of the rest."""
+    r = fit.residual(c)
+    J = fit.jacobian(c, free)  # (rows, len(free))
+    if not np.all(np.isfinite(J)):  # no linearization here: rank by the loss without a refit
+        J = np.zeros_like(J)
+    out = []
+    for a, i in enumerate(free):
+        rest = [b for b in range(len(free)) if b != a]
+        for v in FIXED_VALUES:
+            if np.any(J):
+                target = r + J[:, a] * (v - c[i])
+            else:
+                trial = c.copy()
+                trial[i] = v
+                target = fit.residual(trial)
+            with np.errstate(all="ignore"):
+                if rest and np.all(np.isfinite(target)):
+                    try:
+                        d, *_ = np.linalg.lstsq(J[:, rest], -target, rcond=None)
+                        target = target + J[:, rest] @ d
+                    except np.linalg.LinAlgError:
+                        pass
+                pred = float(np.dot(target, target))
+            out.append((pred if np.isfinite(pred) else np.inf, i, v))
+    out.sort(key=lambda t: t[0])
+    return [(i, v) for _, i, v in out]
+
+
+class _Fit:
+    """Least squares of one template's constants on fixed rows (weighted when asked)."""
+
+    def __init__(self, fn, X: np.ndarray, y: np.ndarray, w: np.ndarray | None):
+        self.fn = fn
+        self.cols = [np.asarray(X[:, j], np.float64) for j in range(X.shape[1])]
+        self.y = np.asarray(y, np.float64)
+        n = len(self.y)
+        self.sw = (np.full(n, 1 / np.sqrt(n)) if w is None
+                   else np.sqrt(np.asarray(w, np.float64) / np.sum(w)))
+
+    def _eval(self, C: np.ndarray) -> np.ndarray:
+        """Values at the parameter rows of ``C`` (m, k): (m, rows), in one broadcast call."""
+        with np.errstate(all="ignore"):
+            out = self.fn(*self.cols, *C.T[:, :, None])
+            return np.broadcast_to(np.asarray(out, np.float64), (len(C), len(self.y)))
+
+    def residual(self, c: np.ndarray) -> np.ndarray:
+        """Weighted residuals: their squared norm is the (weighted) mean squared error."""
+        return (self._eval(c[None])[0] - self.y) * self.sw
+
+    def loss(self, c: np.ndarray) -> float:
+        r = self.residual(c)
+        with np.errstate(all="ignore"):
+            v = float(np.dot(r, r))
+        return v if np.isfinite(v) else np.inf
+
+    def jacobian(self, c: np.ndarray, free: list[int]) -> np.ndarray:
+        h = 1e-6 * np.maximum(1.0, np.abs(c[free]))
+        C = np.repeat(c[None], len(free) + 1, axis=0)
+        C[np.arange(1, len(free) + 1), free] += h
+        with np.errstate(all="ignore"):
+            F = self._eval(C) * self.sw
+            return (F[1:] - F[0]).T / h
+
+    def refit(self, c: np.ndarray, free: list[int], iterations: int = 40) -> tuple[np.ndarray, float]:
+        """Levenberg-Marquardt on the ``free`` constants from ``c``: (constants, loss)."""
+        c = c.copy()
+        r = self.residual(c)
+        with np.errstate(all="ignore"):
+            loss = float(np.dot(r, r)) if np.all(np.isfinite(r)) else np.inf
+        if not free or not np.isfinite(loss):
+            return c, loss
+        lam = 1e-3
+        for _ in range(iterations):
+            J = self.jacobian(c, free)
+            if not np.all(np.isfinite(J)):
+                break
+            g, H = J.T @ r, J.T @ J
+            damp = np.diag(H).copy() + 1e-12
+            improved = False
+            while lam < 1e10:
+                try:
+                    step = np.linalg.solve(H + lam * np.diag(damp), -g)
+                except np.linalg.LinAlgError:
+                    lam *= 10
+                    continue
+                trial = c.copy()
+                trial[free] += step
+                r2 = self.residual(trial)
+                with np.errstate(all="ignore"):
+                    l2 = float(np.dot(r2, r2)) if np.all(np.isfinite(r2)) else np.inf
+                if l2 < loss:
+                    improved = loss - l2 > 1e-10 * loss
+                    c, r, loss, lam = trial, r2, l2, max(lam / 3, 1e-12)
+                    break
+                lam *= 4
+            if not improved:
+                break
+        return c, loss
+
+
+# ----------------------------------------------------------------------------------------------
+# a search's candidates -> the simpler forms worth adding
+
+#: candidates walked: those within this factor of the lowest loss at their complexity or below
+NEAR = 3.0
+#: rows the walk refits on (a seeded sample of the search's rows)
+MAX_ROWS = 400
+
+
+def prune_candidates(
+    texts: list[str],
+    X: np.ndarray,
+    y: np.ndarray,
+    names: list[str],
+    weights: np.ndarray | None = None,
+    seed: int = 0,
+) -> list[str]:
+    """The simpler forms (as text) of a search's candidates that are near its own front.
+
+    Runs where the search ran (a worker), on the search's own target, before any transform is
+    mapped back, so the forms are judged in the space the search fit. Candidates that do not
+    parse or evaluate are skipped here; the front builder reports them.
+    """
+    symbols = {n: variable(n) for n in names}
+    variables = [symbols[n] for n in names]
+    rows = np.random.default_rng(seed).permutation(len(y))[:MAX_ROWS]
+    Xs, ys = np.asarray(X, np.float64)[rows], np.asarray(y, np.float64)[rows]
+    ws = None if weights is None else np.asarray(weights, np.float64)[rows]
+    scale = float(np.std(ys)) or 1.0
+    scored = []
+    for text in dict.fromkeys(texts):
+        try:
+            expr = tidy(parse(text, symbols), scale)
+        except EquationSyntaxError:
+            continue
+        if not expr.atoms(sympy.Float):
+            continue
+        try:
+            fn = sympy.lambdify(variables, expr, "numpy")
+            with np.errstate(all="ignore"):
+                pred = np.broadcast_to(np.asarray(fn(*Xs.T), np.float64), ys.shape)
+        except Exception:  # noqa: BLE001 - numpy cannot evaluate it: not ours to walk
+            continue
+        sq = (pred - ys) ** 2
+        loss = float(np.mean(sq) if ws is None else np.sum(ws * sq) / np.sum(ws))
+        if np.isfinite(loss):
+            scored.append((complexity(expr), loss, expr))
+    scored.sort(key=lambda t: (t[0], t[1]))
+    out, best = [], np.inf
+    for _, loss, expr in scored:
+        best = min(best, loss)
+        if loss <= NEAR * best:
+            for form in simpler_forms(expr, variables, Xs, ys, ws):
+                if form.is_number:  # the front always has the mean; a transform's 0 breaks
+                    continue
+                try:
+                    out.append(to_text(form))
+                except EquationSyntaxError:  # a form the grammar cannot write: not offered
+                    continue
+    return out

@@ -1,0 +1,109 @@
+"""Pruning constants: simpler forms of fitted equations (``_prune``), and their use in convert."""
+
+import numpy as np
+import pytest
+import sympy
+import torch
+import torch.nn as nn
+
+import symtorch_fx as sfx
+from symtorch_fx._expr import parse, variable
+from symtorch_fx._prune import prune_candidates, simpler_forms
+
+x0, x1, x2 = (variable(f"x{i}") for i in range(3))
+SYMS = {"x0": x0, "x1": x1, "x2": x2}
+
+
+def _data(f, n=500, seed=0):
+    X = np.random.default_rng(seed).uniform(1, 3, (n, 3))
+    return X, f(X[:, 0], X[:, 1], X[:, 2])
+
+
+def test_engine_constants_fall_away_and_the_law_remains():
+    X, y = _data(lambda a, b, c: a * b)
+    forms = simpler_forms(parse("1.0003*x0*x1 + 0.0002", SYMS), [x0, x1, x2], X, y)
+    assert forms[-1] == x0 * x1  # both constants gone: exactly the law
+    assert all(len(f.atoms(sympy.Float)) < 2 for f in forms)  # one fewer at each step
+
+
+def test_redundant_constants_are_refit_onto_the_rest():
+    # c*(a*x1 + b*x2)^2 has one constant too many: fixing a at 1 costs nothing once c and b
+    # are refit, and b then goes to -1
+    X, y = _data(lambda a, b, c: 0.5 * (b - c) ** 2)
+    expr = parse("0.0174*(-5.3624*x1 + 5.3636*x2)^2", SYMS)
+    forms = simpler_forms(expr, [x0, x1, x2], X, y)
+    law = 0.5 * (x1 - x2) ** 2
+    close = [f for f in forms if len(f.atoms(sympy.Float)) == 1]
+    assert close, forms
+    f = close[0]
+    c = next(iter(f.atoms(sympy.Float)))
+    assert float(c) == pytest.approx(0.5, rel=1e-6)
+    assert sympy.simplify(f.xreplace({c: sympy.Rational(1, 2)}) - law) == 0
+
+
+def test_the_walk_stops_where_the_fit_is_lost_and_skips_what_it_cannot_walk():
+    X, y = _data(lambda a, b, c: np.exp(0.7 * a) + 3.1)
+    forms = simpler_forms(parse("exp(0.7*x0) + 3.1", SYMS), [x0, x1, x2], X, y)
+    # fixing 0.7 or 3.1 at 0 or +-1 costs far more than 1000x the loss of an exact fit
+    assert forms == []
+    assert simpler_forms(x0 * x1, [x0, x1, x2], X, y) == []  # nothing fitted to prune
+    # rows where it is not finite: nothing offered, nothing raised
+    assert simpler_forms(parse("log(0.5 - x0)", SYMS), [x0, x1, x2], X, y) == []
+
+
+def test_weights_decide_which_rows_the_refit_follows():
+    X, y = _data(lambda a, b, c: a * b)
+    w = np.where(X[:, 0] < 2, 1.0, 0.0)
+    y = np.where(w > 0, y, 100.0)  # rows with no weight are far off: they must not count
+    forms = simpler_forms(parse("1.0003*x0*x1 + 0.0002", SYMS), [x0, x1, x2], X, y, w)
+    assert forms[-1] == x0 * x1
+
+
+def test_prune_candidates_walks_texts_near_the_front_and_skips_bad_ones():
+    X, y = _data(lambda a, b, c: a * b)
+    texts = ["1.0003*x0*x1 + 0.0002", "x0 + (", "x0*x1 + 0.5*sin(3.1*x2)"]
+    out = prune_candidates(texts, X, y, ["x0", "x1", "x2"], seed=0)
+    assert "x0*x1" in out
+    # far from the front (over 3x the best loss at its complexity or below): not walked
+    assert not any("sin" in t for t in out)
+
+
+class Candidates:
+    """An engine that returns fixed texts."""
+
+    name = "candidates"
+    parallel_jobs = False
+
+    def __init__(self, texts):
+        self.texts = texts
+
+    def check(self):
+        pass
+
+    def search(self, X, y, variables, seed, weights=None):
+        return list(self.texts)
+
+
+class Product(nn.Module):
+    def forward(self, x):
+        return x[:, :1] * x[:, 1:2]
+
+
+class Wrapper(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = Product()
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_convert_prunes_by_default_and_can_be_told_not_to():
+    xs = torch.rand(600, 2) * 2 + 1
+    engine = Candidates(["x0", "1.0003*x0*x1 + 0.0002"])
+    sym = sfx.compile(Wrapper(), ["net"], xs, engine=engine, progress=False)
+    assert str(sym.equations["net"][0].equation) == "x0*x1"
+    raw = sfx.compile(Wrapper(), ["net"], xs, engine=engine, prune=False, progress=False)
+    assert "x0*x1" not in [str(e) for e in raw.equations["net"][0]]
+    with pytest.raises(sfx.SymTorchFXError, match="prune must be True or False"):
+        sfx.compile(Wrapper(), ["net"], xs, engine=engine, prune="yes", progress=False)
