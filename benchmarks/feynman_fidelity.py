@@ -425,7 +425,7 @@ def ablate(rec: dict, law, variant: str) -> dict:
         warnings.simplefilter("ignore")
         front, _ = build_front(texts, list(law.symbols), X[train], Y[train], X[val], Y[val], X)
     out = {k: v for k, v in rec.items() if k not in ("front", "picks", "scored", "jobs")}
-    return judge(dict(out, front=_front_record(front)), law)
+    return judge(dict(out, front=_front_record(front)), law, picks_only=True)
 
 
 def front_of(rec: dict, law) -> ParetoFront:
@@ -436,17 +436,19 @@ def front_of(rec: dict, law) -> ParetoFront:
     return ParetoFront("net", "y0", eqs)
 
 
-def judge(rec: dict, law) -> dict:
-    """Apply every rule to the recorded front and score every equation on it against the law."""
+def judge(rec: dict, law, picks_only: bool = False) -> dict:
+    """Apply every rule to the recorded front and score every equation on it (or only the
+    rules' picks) against the law."""
     front = front_of(rec, law)
     noise = rec["net"]["mse"]  # what labels= measures: the network's MSE against its targets
     picks = {rule: choose(front, rule) for rule in _select.RULES}
     picks["auto + labels"] = choose(front, "auto", noise)
-    scored = {i: score(front[i].expr, law) for i in range(len(front))}
+    which = sorted(set(picks.values())) if picks_only else range(len(front))
+    scored = {i: score(front[i].expr, law) for i in which}
     return dict(rec, picks=picks, scored={str(k): v for k, v in scored.items()})
 
 
-def table(records: list[dict]) -> str:
+def table(records: list[dict], whole_front: bool = True) -> str:
     rules = list(records[0]["picks"])
     lines = ["| rule | recovered (OOR < 3%) | exact form |", "|---|---|---|"]
     n = len(records)
@@ -454,9 +456,10 @@ def table(records: list[dict]) -> str:
         rec = sum(r["scored"][str(r["picks"][rule])]["recovered"] for r in records)
         ex = sum(r["scored"][str(r["picks"][rule])]["exact"] for r in records)
         lines.append(f"| {rule} | {rec}/{n} | {ex}/{n} |")
-    rec = sum(any(v["recovered"] for v in r["scored"].values()) for r in records)
-    ex = sum(any(v["exact"] for v in r["scored"].values()) for r in records)
-    lines.append(f"| (on the front: any equation) | {rec}/{n} | {ex}/{n} |")
+    if whole_front:
+        rec = sum(any(v["recovered"] for v in r["scored"].values()) for r in records)
+        ex = sum(any(v["exact"] for v in r["scored"].values()) for r in records)
+        lines.append(f"| (on the front: any equation) | {rec}/{n} | {ex}/{n} |")
     secs = [r["seconds"] for r in records]
     cpu = [r["cpu_seconds"] for r in records]
     load = [r["load"] for r in records]
@@ -506,6 +509,8 @@ def main(argv=None) -> None:
                    help="no searches: re-apply the rules and re-score the fronts recorded in "
                         "JSON (after a change to a rule or to the scoring), then print the tables")
     p.add_argument("--no-prune", action="store_true", help="convert(prune=False)")
+    p.add_argument("--variants", nargs="*", choices=list(ABLATIONS),
+                   help="with --ablate: the variants to rebuild (default: all)")
     p.add_argument("--ablate", type=Path, metavar="JSON",
                    help="no searches: rebuild the fronts of a run recorded in JSON without some "
                         "of its searches or without pruning, and print each variant's table")
@@ -513,11 +518,13 @@ def main(argv=None) -> None:
     if args.ablate:
         saved = json.loads(args.ablate.read_text())
         laws, _ = feynman_suite.load()
-        for variant in ABLATIONS:
-            recs = [ablate(r, laws[r["index"]], variant) for r in saved["records"]]
+        for variant in args.variants or ABLATIONS:
+            recs = [ablate(r, laws[r["index"]], variant) for r in saved["records"]
+                    if not args.laws or r["law"] in args.laws]
+            exact = [r["law"] for r in recs if r["scored"][str(r["picks"]["auto"])]["exact"]]
             print(f"### {variant}\n")
-            print(table(recs))
-            print()
+            print(table(recs, whole_front=False))
+            print(f"\nauto exact: {' '.join(exact)}\n", flush=True)
         return
     if args.rescore:
         saved = json.loads(args.rescore.read_text())

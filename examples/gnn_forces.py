@@ -345,7 +345,7 @@ def run_law(law: str, cfg: Config, progress: bool = False) -> LawResult:
     with clock("distill"):
         sym = sfx.compile(net, targets="edge", sample_inputs=[data.batch(sample)],
                           engine=engine, noise={"edge": message_noise(net, test)},
-                          restarts=cfg.restarts, seed=cfg.seed, progress=progress)
+                          restarts=cfg.restarts, seed=cfg.seed, prune=False, progress=progress)
     with clock("analyse"):
         res = analyse(law, net, sym, test, cfg)
     res.n_train = len(data)

@@ -272,7 +272,7 @@ def distill_layers(model, tok, calib_ids, n_layers: int, args):
                       engine=sfx.Operon(population_size=args.population,
                                         generations=args.generations, max_length=20,
                                         max_rows=1500, restarts=1, transforms=()),
-                      selection="accuracy")
+                      selection="accuracy", prune=False)
     return sym, ranked, time.perf_counter() - t0
 
 

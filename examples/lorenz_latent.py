@@ -259,7 +259,8 @@ def run(cfg: Config = FULL, progress: bool = False) -> Result:
                         transforms=())
     with clock("distill"):
         sym = sfx.compile(net, targets="dynamics", sample_inputs=X.split(4096), engine=engine,
-                          noise=noise, restarts=cfg.restarts, seed=cfg.seed, progress=progress)
+                          noise=noise, restarts=cfg.restarts, seed=cfg.seed, prune=False,
+                          progress=progress)
     with clock("evaluate"), torch_threads(1):
         res = evaluate(net, sym, data, cfg, noise)
     res.seconds = dict(clock.stages)

@@ -291,7 +291,7 @@ def run_system(name: str, cfg: Config, progress: bool = False) -> SystemResult:
                         max_length=20, max_rows=2000, transforms=())
     with clock("distill"):
         sym = sfx.compile(model, targets="", sample_inputs=[problem.grid], engine=engine,
-                          restarts=cfg.restarts, seed=cfg.seed, progress=progress)
+                          restarts=cfg.restarts, seed=cfg.seed, prune=False, progress=progress)
     front = sym.equations[""][0]
     eq = front.equation
     # one input without a feature dimension is called x (see feature_names): for the

@@ -168,7 +168,7 @@ def convert(
         noise: the network's error (MSE) on a region's outputs, when known: a number for every
             output, or ``{region: number or [one per output]}``; ``"auto"`` uses it.
         restarts: independent searches (different seeds) per output, merged into one front;
-            None: the engine's own default (``sfx.Operon``: 4 searches of 500 rows each).
+            None: the engine's own default (``sfx.Operon``: 3 searches of 500 rows each).
         transforms: transforms of each output searched once more each, beside the ``restarts``
             searches of the output itself, their equations mapped back and merged into the same
             front: ``"square"`` (search y^2, keep sqrt), ``"inverse_square"`` (search 1/y^2,

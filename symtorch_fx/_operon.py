@@ -48,10 +48,11 @@ class Operon:
             outputs of one sign; ``convert(transforms=...)`` overrides them.
         n_threads: threads Operon uses inside one search.
 
-    The defaults, 4 searches of 500 rows rather than one of 2000, are measured: on the 35-law
-    Feynman benchmark (``benchmarks/feynman_fidelity.py``) they recovered 25 laws in exact form
-    against 22, in 19.6 s median wall time per law on 2 cores against 26.8 s (37 CPU seconds
-    against 26).
+    The defaults are measured on the 35-law Feynman benchmark (``benchmarks/feynman_fidelity.py``,
+    figures in ``benchmarks/RESULTS.md``). Several searches of 500 rows beat one of 2000 (4 of
+    them recovered 25 laws in exact form against 22, in less wall time on 2 cores). The
+    transformed searches and ``convert``'s constant pruning reach laws no search of ``y`` put
+    on the front; with them, 3 searches of ``y`` keep an output of one sign at 6 searches.
     """
 
     name = "operon"

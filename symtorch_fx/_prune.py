@@ -28,6 +28,8 @@ FIXED_VALUES = (0.0, 1.0, -1.0)
 MAX_LOSS_RATIO = 1e3
 #: equations with more fitted constants than this are not walked (cost grows as its square)
 MAX_CONSTANTS = 12
+#: moves refit for real at each step, out of those a linearized refit ranks best
+SHORTLIST = 3
 
 
 def simpler_forms(
@@ -81,10 +83,6 @@ def simpler_forms(
         if not form.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo, sympy.I):
             forms.append(form)
     return forms
-
-
-#: moves refit for real at each step, out of those a linearized refit ranks best
-SHORTLIST = 3
 
 
 def _ranked_moves(fit: "_Fit", c: np.ndarray, free: list[int]) -> list[tuple[int, float]]:
@@ -151,7 +149,8 @@ class _Fit:
             F = self._eval(C) * self.sw
             return (F[1:] - F[0]).T / h
 
-    def refit(self, c: np.ndarray, free: list[int], iterations: int = 40) -> tuple[np.ndarray, float]:
+    def refit(self, c: np.ndarray, free: list[int],
+              iterations: int = 40) -> tuple[np.ndarray, float]:
         """Levenberg-Marquardt on the ``free`` constants from ``c``: (constants, loss)."""
         c = c.copy()
         r = self.residual(c)
