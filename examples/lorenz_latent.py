@@ -63,7 +63,7 @@ class Config:
 
 
 FULL = Config()
-QUICK = Config(n_train=8, steps=2500, population=300, generations=40, n_test=10, horizon=3.0)
+QUICK = Config(n_train=8, steps=4000, population=300, generations=40, n_test=10, horizon=3.0)
 
 
 def lorenz(z: np.ndarray) -> np.ndarray:

@@ -95,14 +95,14 @@ def _check_lorenz(res: lorenz_latent.Result, tol: dict[str, float], spurious: fl
         assert sym_err < net_err, report
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "CPU-dependent: Operon's seeded search is not bit-identical across CPUs; on one 2-core box "
-    "(2026-11-29) the quick run fit dy/dt's y coefficient as -0.849 (tolerance 10%), also at "
-    "fbdee90. Passes on the box the quick settings were chosen on; to be made robust"))
 def test_lorenz_latent_dynamics_are_lorenz_up_to_a_linear_map():
     res = lorenz_latent.run(lorenz_latent.QUICK)
-    # (on this budget, seeds 0-2 give sigma, rho within 1.7%, beta within 3.3%)
-    _check_lorenz(res, dict(sigma=0.03, rho=0.03, beta=0.06, other=0.1), spurious=0.1)
+    # The quick network is trained briefly, and its training and Operon's search are not
+    # bit-identical across CPUs. Measured on the 2026-11-29 box (seeds 0-2): sigma, rho within
+    # 1.4%, beta within 9.3%, the other coefficients within 7%. With 2500 training steps that
+    # box gave dy/dt's y coefficient 15% off (the test then needed 4000). The full run
+    # (test_lorenz_full_..., slow) holds them to 1-6%.
+    _check_lorenz(res, dict(sigma=0.03, rho=0.03, beta=0.12, other=0.12), spurious=0.1)
 
 
 # ----------------------------------------------------------------------------------------------
