@@ -10,6 +10,8 @@ import symtorch_fx as sfx
 from symtorch_fx._expr import parse, variable
 from symtorch_fx._prune import prune_candidates, simpler_forms
 
+from conftest import Candidates
+
 x0, x1, x2 = (variable(f"x{i}") for i in range(3))
 SYMS = {"x0": x0, "x1": x1, "x2": x2}
 
@@ -66,22 +68,6 @@ def test_prune_candidates_walks_texts_near_the_front_and_skips_bad_ones():
     assert "x0*x1" in out
     # far from the front (over 3x the best loss at its complexity or below): not walked
     assert not any("sin" in t for t in out)
-
-
-class Candidates:
-    """An engine that returns fixed texts."""
-
-    name = "candidates"
-    parallel_jobs = False
-
-    def __init__(self, texts):
-        self.texts = texts
-
-    def check(self):
-        pass
-
-    def search(self, X, y, variables, seed, weights=None):
-        return list(self.texts)
 
 
 class Product(nn.Module):

@@ -12,6 +12,8 @@ import symtorch_fx as sfx
 from symtorch_fx import _select
 from symtorch_fx._equations import Equation, ParetoFront
 
+from conftest import Candidates
+
 x = sympy.Symbol("x0", real=True)
 
 
@@ -83,22 +85,6 @@ def test_nonfinite_choice_falls_back_with_a_warning():
     with pytest.warns(UserWarning, match="non-finite values on recorded inputs"):
         _select.apply(f, "auto")
     assert f.equation.complexity != 11 and f.equation.finite
-
-
-class Candidates:
-    """A user-defined engine that proposes fixed equations (the Engine protocol, for real)."""
-
-    name = "candidates"
-    parallel_jobs = False
-
-    def __init__(self, texts):
-        self.texts = texts
-
-    def check(self):
-        pass
-
-    def search(self, X, y, variables, seed, weights=None):
-        return list(self.texts)
 
 
 def test_equation_nonfinite_on_recorded_rows_is_not_installed():
