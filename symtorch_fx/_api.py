@@ -172,7 +172,7 @@ def convert(
         transforms: transforms of each output searched once more each, beside the ``restarts``
             searches of the output itself, their equations mapped back and merged into the same
             front: ``"square"`` (search y^2, keep sqrt), ``"inverse_square"`` (search 1/y^2,
-            keep 1/sqrt) and ``"log"`` (search log|y|, keep exp). Each needs an output of one
+            keep sqrt(1/f)) and ``"log"`` (search log|y|, keep exp). Each needs an output of one
             sign (``inverse_square`` and ``log``: never 0) and is skipped for outputs that
             change sign. None: the engine's own (``sfx.Operon``: all three); ``()``: none.
         prune: also offer simpler forms of each search's candidates near its front: constants

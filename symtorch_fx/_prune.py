@@ -48,17 +48,16 @@ def simpler_forms(
     Each step ranks every (constant, value) by the loss a linearized refit predicts, then refits
     the ``SHORTLIST`` best for real (Levenberg-Marquardt) and keeps the best of those.
     """
-    template, values = templatize(expr)
-    k = len(values)
+    fit = _Fit.of(expr, variables, X, y, w)
+    return [] if fit is None else _walk(fit)
+
+
+def _walk(fit: "_Fit") -> list[sympy.Expr]:
+    """:func:`simpler_forms` of the equation ``fit`` was made for."""
+    k = len(fit.values)
     if k == 0 or k > MAX_CONSTANTS:
         return []
-    consts = [constant_symbol(i) for i in range(k)]
-    try:
-        fn = sympy.lambdify([*variables, *consts], template, "numpy")
-    except Exception:  # noqa: BLE001 - an expression numpy cannot print: nothing to offer
-        return []
-    fit = _Fit(fn, X, y, w)
-    current = np.asarray(values, np.float64)
+    current = fit.values.copy()
     base = fit.loss(current)
     if not np.isfinite(base):
         return []
@@ -77,9 +76,9 @@ def simpler_forms(
             break
         _, i, current = best
         free.remove(i)
-        form = template.xreplace(
+        form = fit.template.xreplace(
             {c: sympy.Float(current[j]) if j in free else sympy.Integer(int(current[j]))
-             for j, c in enumerate(consts)})
+             for j, c in enumerate(fit.consts)})
         if not form.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo, sympy.I):
             forms.append(form)
     return forms
@@ -115,15 +114,29 @@ def _ranked_moves(fit: "_Fit", c: np.ndarray, free: list[int]) -> list[tuple[int
 
 
 class _Fit:
-    """Least squares of one template's constants on fixed rows (weighted when asked)."""
+    """Least squares of one equation's fitted constants on fixed rows (weighted when asked)."""
 
-    def __init__(self, fn, X: np.ndarray, y: np.ndarray, w: np.ndarray | None):
+    def __init__(self, template, values, fn, X: np.ndarray, y: np.ndarray, w: np.ndarray | None):
+        self.template = template
+        self.values = np.asarray(values, np.float64)
+        self.consts = [constant_symbol(i) for i in range(len(values))]
         self.fn = fn
         self.cols = [np.asarray(X[:, j], np.float64) for j in range(X.shape[1])]
         self.y = np.asarray(y, np.float64)
         n = len(self.y)
         self.sw = (np.full(n, 1 / np.sqrt(n)) if w is None
                    else np.sqrt(np.asarray(w, np.float64) / np.sum(w)))
+
+    @classmethod
+    def of(cls, expr, variables, X, y, w) -> "_Fit | None":
+        """The fit of ``expr``'s constants, or None when numpy cannot evaluate it."""
+        template, values = templatize(expr)
+        consts = [constant_symbol(i) for i in range(len(values))]
+        try:
+            fn = sympy.lambdify([*variables, *consts], template, "numpy")
+        except Exception:  # noqa: BLE001 - an expression numpy cannot print: nothing to offer
+            return None
+        return cls(template, values, fn, X, y, w)
 
     def _eval(self, C: np.ndarray) -> np.ndarray:
         """Values at the parameter rows of ``C`` (m, k): (m, rows), in one broadcast call."""
@@ -151,7 +164,11 @@ class _Fit:
 
     def refit(self, c: np.ndarray, free: list[int],
               iterations: int = 40) -> tuple[np.ndarray, float]:
-        """Levenberg-Marquardt on the ``free`` constants from ``c``: (constants, loss)."""
+        """Levenberg-Marquardt on the ``free`` constants from ``c``: (constants, loss).
+
+        (Its damping schedule differs from ``_slime._levenberg_marquardt``'s; the pruning
+        figures in RESULTS.md were measured with this one.)
+        """
         c = c.copy()
         r = self.residual(c)
         with np.errstate(all="ignore"):
@@ -224,22 +241,21 @@ def prune_candidates(
             continue
         if not expr.atoms(sympy.Float):
             continue
+        fit = _Fit.of(expr, variables, Xs, ys, ws)
+        if fit is None:
+            continue
         try:
-            fn = sympy.lambdify(variables, expr, "numpy")
-            with np.errstate(all="ignore"):
-                pred = np.broadcast_to(np.asarray(fn(*Xs.T), np.float64), ys.shape)
+            loss = fit.loss(fit.values)
         except Exception:  # noqa: BLE001 - numpy cannot evaluate it: not ours to walk
             continue
-        sq = (pred - ys) ** 2
-        loss = float(np.mean(sq) if ws is None else np.sum(ws * sq) / np.sum(ws))
         if np.isfinite(loss):
-            scored.append((complexity(expr), loss, expr))
+            scored.append((complexity(expr), loss, fit))
     scored.sort(key=lambda t: (t[0], t[1]))
     out, best = [], np.inf
-    for _, loss, expr in scored:
+    for _, loss, fit in scored:
         best = min(best, loss)
         if loss <= NEAR * best:
-            for form in simpler_forms(expr, variables, Xs, ys, ws):
+            for form in _walk(fit):
                 if form.is_number:  # the front always has the mean; a transform's 0 breaks
                     continue
                 try:
