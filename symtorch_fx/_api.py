@@ -286,7 +286,7 @@ def distill_recordings(
         fronts = []
         for k, out_name in enumerate(outs):
             front, _ = build_front(by_output[(region.name, k)], symbols, X[train], Y[train, k],
-                                   X[val], Y[val, k], X)
+                                   X[val], Y[val, k], X, canonical=True)
             fronts.append(ParetoFront(region.name, out_name, front))
         floors = _noise_for(noise, region.name, len(fronts))
         for front, rule, floor in zip(fronts, _select.per_output(selection, len(fronts)), floors):

@@ -24,7 +24,7 @@ import torch
 
 from ._equations import Equation
 from ._errors import EquationSyntaxError, SymTorchFXError
-from ._expr import complexity, parse, tidy, to_text
+from ._expr import complexity, parse, tidy, to_text, variable
 from ._lower import evaluate
 from ._prune import prune_candidates
 
@@ -55,14 +55,37 @@ class Job:
 def run_job(engine, job: Job) -> list[str]:
     """Runs in a worker: one engine search (of the job's transform of ``y``, mapped back)."""
     t = TRANSFORMS[job.transform]
-    if t.operators is not None and hasattr(engine, "with_operators"):
-        engine = engine.with_operators(t.operators)
+    if t.operators is not None:
+        if hasattr(engine, "for_transform"):
+            engine = engine.for_transform(t)
+        elif hasattr(engine, "with_operators"):
+            engine = engine.with_operators(t.operators)
     target = t.forward(job.sign * job.y)
     texts = engine.search(job.X, target, job.variables, job.seed, job.weights)
     if job.prune:
         texts = texts + prune_candidates(texts, job.X, target, job.variables, job.weights,
                                          job.seed)
-    return [t.back(text, job.sign) for text in texts]
+    return canonical_texts([t.back(text, job.sign) for text in texts], job.variables,
+                           float(np.std(job.y)) or 1.0)
+
+
+def canonical_texts(texts: list[str], names: list[str], scale: float) -> list[str]:
+    """Each distinct text as it is read back from a file: parsed, tidied (``scale``: the spread
+    of the output, see ``tidy``) and printed; texts that do not parse are kept as they are, for
+    the front builder to report.
+
+    Runs in the worker, so that the serial front builder parses each distinct equation once
+    (``build_front(canonical=True)``), and equations that differ only in how the engine wrote
+    them are merged before it does.
+    """
+    symbols = {n: variable(n) for n in names}
+    out: dict[str, None] = {}
+    for text in dict.fromkeys(texts):
+        try:
+            out[to_text(tidy(parse(text, symbols), scale))] = None
+        except EquationSyntaxError:
+            out[text] = None
+    return list(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,10 +148,21 @@ TRANSFORMS = {t.name: t for t in (
 
 
 def check_transforms(transforms) -> tuple[str, ...]:
-    """``transforms`` as a tuple of known names, or an error naming the choices."""
+    """``transforms`` as a tuple of known names, one entry per search, or an error naming the
+    choices. A name listed twice is searched twice (with different seeds); a mapping
+    ``{name: searches}`` says the same."""
+    if isinstance(transforms, dict):
+        bad = {k: n for k, n in transforms.items()
+               if not isinstance(n, int) or isinstance(n, bool) or n < 0}
+        if bad:
+            raise SymTorchFXError(
+                f"transforms maps each name to a number of searches (0 or more), got {bad!r}"
+            )
+        transforms = [name for name, n in transforms.items() for _ in range(n)]
     if isinstance(transforms, str) or not isinstance(transforms, (tuple, list)):
         raise SymTorchFXError(
-            f"transforms must be a list of names such as ['square', 'log'], got {transforms!r}"
+            "transforms must be a list of names such as ['square', 'log'] (a name listed "
+            f"twice is searched twice) or a dict {{name: searches}}, got {transforms!r}"
         )
     bad = [t for t in transforms if t not in TRANSFORMS or t == "identity"]
     if bad:
@@ -136,7 +170,7 @@ def check_transforms(transforms) -> tuple[str, ...]:
             f"unknown output transform(s) {bad!r}; choose from "
             f"{sorted(set(TRANSFORMS) - {'identity'})} (the output itself is always searched)"
         )
-    return tuple(dict.fromkeys(transforms))
+    return tuple(transforms)
 
 
 class InlineExecutor(cf.Executor):
@@ -243,6 +277,7 @@ def build_front(
     X_all: np.ndarray,
     w_train: np.ndarray | None = None,
     w_val: np.ndarray | None = None,
+    canonical: bool = False,
 ) -> tuple[list[Equation], list[Equation]]:
     """Parse and score candidates; return (Pareto front, every scored candidate).
 
@@ -271,8 +306,9 @@ def build_front(
     bad_syntax = []
     for text in dict.fromkeys(texts):
         try:
-            expr = tidy(parse(text, symbols), scale)
-            expr = parse(to_text(expr), symbols)  # the form it will have when read back
+            expr = parse(text, symbols)
+            if not canonical:
+                expr = parse(to_text(tidy(expr, scale)), symbols)  # the form read back
         except EquationSyntaxError as e:
             bad_syntax.append(str(e))
             continue

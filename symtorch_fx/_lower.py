@@ -297,10 +297,102 @@ def torch_function(
 def evaluate(
     exprs: Sequence[sympy.Expr], X: torch.Tensor, variables: Sequence[sympy.Symbol]
 ) -> torch.Tensor:
-    """Evaluate numeric expressions (constants inlined) on rows ``X`` (N, F) -> (N, len(exprs))."""
-    layout = Layout((X.shape[1],), len(exprs))
-    fn = torch_function(list(exprs), layout, variables, 0)
-    return fn(X, torch.zeros(0, dtype=X.dtype))
+    """Evaluate numeric expressions (constants inlined) on rows ``X`` (N, F) -> (N, len(exprs)).
+
+    Walks each tree with the torch op table, generating no code: scoring hundreds of one-off
+    candidates (the front builder) would spend 10x longer generating and compiling a function
+    for each than computing it. Same ops, in the same dtype, as the generated code.
+    """
+    walk = _TorchWalk({v: X[:, k] for k, v in enumerate(variables)}, X)
+    return torch.stack([walk.tensor(e) for e in exprs], -1)
+
+
+class _TorchWalk:
+    """The values of sympy trees over named columns, computed op by op (``TORCH_UNARY``).
+
+    Values are tensors, or Python floats for parts without variables (as the printer keeps
+    literals); repeated subtrees are computed once.
+    """
+
+    def __init__(self, columns: dict[sympy.Symbol, torch.Tensor], like: torch.Tensor):
+        self.columns = columns
+        self.like = like
+        self.memo: dict[sympy.Expr, torch.Tensor | float] = {}
+
+    def tensor(self, e: sympy.Expr) -> torch.Tensor:
+        v = self(e)
+        if isinstance(v, torch.Tensor):
+            return v.to(self.like.dtype)
+        return torch.full(self.like.shape[:1], v, dtype=self.like.dtype)
+
+    def _t(self, v) -> torch.Tensor:
+        return v if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=self.like.dtype)
+
+    def __call__(self, e: sympy.Expr):
+        got = self.memo.get(e)
+        if got is None:
+            got = self.memo[e] = self._value(e)
+        return got
+
+    def _value(self, e: sympy.Expr):
+        if e.is_Symbol:
+            if e not in self.columns:
+                raise SymTorchFXError(f"equation uses the unknown symbol {e}")
+            return self.columns[e]
+        if not e.free_symbols:  # a pure number, including pi, E, sqrt(2), ...
+            return float(e.evalf(17))
+        if e.is_Add:
+            terms = e.as_ordered_terms()
+            acc = self(terms[0])
+            for t in terms[1:]:
+                acc = acc - self(-t) if t.could_extract_minus_sign() else acc + self(t)
+            return acc
+        if e.is_Mul:
+            if e.args[0] == -1:
+                return -self._t(self(-e))
+            num, den = fraction(e)
+            acc = 1.0
+            for f in num:
+                acc = acc * self(f)
+            if den:
+                d = 1.0
+                for f in den:
+                    d = d * self(f)
+                acc = acc / d
+            return acc
+        if e.is_Pow:
+            b, x = self._t(self(e.base)), e.exp
+            if x == sympy.Rational(1, 2):
+                return torch.sqrt(b)
+            if x == sympy.Rational(-1, 2):
+                return torch.rsqrt(b)
+            if x == 2:
+                return torch.square(b)
+            if x == -1:
+                return torch.reciprocal(b)
+            if x.is_Integer and 3 <= int(x) <= 4:
+                acc = b
+                for _ in range(int(x) - 1):
+                    acc = acc * b
+                return acc
+            return torch.pow(b, self(x))
+        f = e.func
+        if f in TORCH_UNARY:
+            return _TORCH_CALLABLES[f](self._t(self(e.args[0])))
+        if f in (sympy.Max, sympy.Min):
+            pick = torch.maximum if f is sympy.Max else torch.minimum
+            tens = [self._t(self(a)) for a in e.args if a.free_symbols]
+            acc = tens[0]
+            for a in tens[1:]:
+                acc = pick(acc, a)
+            lits = [float(a) for a in e.args if not a.free_symbols]
+            if lits:
+                acc = pick(acc, self._t((max if f is sympy.Max else min)(lits)))
+            return acc
+        raise SymTorchFXError(f"no torch lowering for {f.__name__} in {e}")
+
+
+_TORCH_CALLABLES = {f: getattr(torch, name.removeprefix("torch.")) for f, name in TORCH_UNARY.items()}
 
 
 KERNELS = ("auto", "torch", "triton", "cpp", "inductor")

@@ -69,8 +69,9 @@ class Operon:
         max_evaluations: int = 10_000_000,
         max_time: float | None = None,
         max_rows: int = 500,
-        restarts: int = 3,
-        transforms: Sequence[str] = ("square", "inverse_square", "log"),
+        restarts: int = 2,
+        transforms: Sequence[str] = ("square", "inverse_square", "inverse_square", "log", "log"),
+        transform_generations: int | None = 75,
         n_threads: int = 1,
         **kwargs,
     ):
@@ -87,6 +88,14 @@ class Operon:
         self.max_rows = max_rows
         self.restarts = restarts
         self.transforms = check_transforms(transforms)
+        if transform_generations is not None and (
+                not isinstance(transform_generations, int) or isinstance(transform_generations, bool)
+                or transform_generations < 1):
+            raise SymTorchFXError(
+                "transform_generations must be a positive integer (or None: as many as "
+                f"`generations`), got {transform_generations!r}"
+            )
+        self.transform_generations = transform_generations
         self.n_threads = n_threads
         self.kwargs = kwargs
         self._symbols()  # fail now, not in a worker
@@ -122,6 +131,15 @@ class Operon:
             )
             narrowed.operators = self.operators
         return narrowed
+
+    def for_transform(self, transform) -> "Operon":
+        """This engine as it searches through ``transform`` (``_distill.Transform``): the
+        vocabulary narrowed to the transform's operators (see :meth:`with_operators`) and
+        ``transform_generations`` generations."""
+        engine = self.with_operators(transform.operators)
+        if self.transform_generations is not None:
+            engine.generations = self.transform_generations
+        return engine
 
     def check(self) -> None:
         try:

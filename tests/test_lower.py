@@ -116,3 +116,18 @@ def test_generated_code_equals_equation_call(vals, text):
     b = fn(torch.from_numpy(x), c.double()).numpy()
     assert np.array_equal(np.isnan(a), np.isnan(b))
     np.testing.assert_allclose(a[~np.isnan(a)], b[~np.isnan(b)], rtol=1e-12)
+
+
+@pytest.mark.parametrize("text", CASES + ["2.5 + pi", "x0^x1 + 2^x2", "max(max(x0, x1), 0.5) - min(min(x2, -1), x0)"])
+def test_scoring_walk_matches_the_generated_code(text):
+    # the front builder scores candidates by walking their trees (no code generated); it must
+    # compute what the generated code of the chosen equation computes
+    from symtorch_fx._lower import evaluate
+
+    e = parse(text, S)
+    x = torch.from_numpy(np.random.default_rng(1).uniform(-2, 2, (400, 3)))
+    walked = evaluate([e, 2 * e], x, list(X))
+    fn = torch_function([e, 2 * e], Layout((3,), 2), list(X), 0)
+    generated = fn(x, torch.zeros(0, dtype=x.dtype))
+    assert walked.shape == generated.shape == (400, 2) and walked.dtype == torch.float64
+    torch.testing.assert_close(walked, generated, rtol=1e-12, atol=0, equal_nan=True)

@@ -217,7 +217,7 @@ def test_restarts_search_with_distinct_seeds_and_merge_into_one_front():
 
 def test_restarts_default_to_the_engines_own_number():
     # convert runs engine.restarts searches unless told otherwise; an engine without the
-    # attribute gets one; the embedded engine's default is 4 searches of 500 rows
+    # attribute gets one; the embedded engine's default is 2 searches of 500 rows
     xs = torch.linspace(0, 2, 400)[:, None]
     plain = BySeed()
     sfx.compile(Wrapper(), ["net"], xs, engine=plain, executor="inline", progress=False)
@@ -231,7 +231,7 @@ def test_restarts_default_to_the_engines_own_number():
     sfx.compile(Wrapper(), ["net"], xs, engine=told, restarts=1, executor="inline",
                 progress=False)
     assert len(told.seeds) == 1
-    assert (sfx.Operon().restarts, sfx.Operon().max_rows) == (3, 500)
+    assert (sfx.Operon().restarts, sfx.Operon().max_rows) == (2, 500)
     assert sfx.PySR().restarts == 1
     for bad in (0, -2, 1.5, "4"):
         with pytest.raises(sfx.SymTorchFXError, match="restarts must be a positive integer"):
@@ -321,15 +321,52 @@ def test_transforms_default_to_the_engines_own_and_are_checked():
     sfx.compile(Wrapper(Transformed()), ["net"], xs, engine=told, transforms=(),
                 executor="inline", progress=False)
     assert len(told.targets) == 1
-    assert sfx.Operon().transforms == ("square", "inverse_square", "log")
+    assert sfx.Operon().transforms == ("square", "inverse_square", "inverse_square", "log", "log")
     assert getattr(sfx.PySR(), "transforms", ()) == ()
     for bad, why in (("square", "must be a list of names"), (["cube"], "unknown output"),
-                     (["identity"], "unknown output")):
+                     (["identity"], "unknown output"), ({"log": -1}, "number of searches"),
+                     ({"log": 1.5}, "number of searches"), ({"cube": 1}, "unknown output")):
         with pytest.raises(sfx.SymTorchFXError, match=why):
             sfx.Operon(transforms=bad)
         with pytest.raises(sfx.SymTorchFXError, match=why):
             sfx.compile(Wrapper(Transformed()), ["net"], xs, engine=WhatItSaw(),
                         transforms=bad, executor="inline", progress=False)
+
+
+def test_a_transform_listed_twice_is_searched_twice_with_distinct_seeds():
+    from symtorch_fx._distill import check_transforms
+
+    assert check_transforms({"log": 2, "square": 0, "inverse_square": 1}) == (
+        "log", "log", "inverse_square")
+    assert check_transforms(["log", "log"]) == ("log", "log")
+    xs = torch.rand(400, 2) + 0.5
+    seeds = []
+
+    class Seeds(WhatItSaw):
+        def search(self, X, y, variables, seed, weights=None):
+            seeds.append(seed)
+            return super().search(X, y, variables, seed, weights)
+
+    engine = Seeds()
+    sfx.compile(Wrapper(Transformed()), ["net"], xs, engine=engine, transforms={"log": 2},
+                executor="inline", progress=False)
+    assert len(engine.targets) == 3 and len(set(seeds)) == 3
+    np.testing.assert_array_equal(engine.targets[1], engine.targets[2])  # both search log|y|
+
+
+def test_transformed_searches_get_their_own_budget():
+    from symtorch_fx._distill import TRANSFORMS
+
+    engine = sfx.Operon(generations=150, transform_generations=60)
+    for name in ("square", "inverse_square", "log"):
+        t = TRANSFORMS[name]
+        narrowed = engine.for_transform(t)
+        assert narrowed.generations == 60 and set(narrowed.operators) <= set(t.operators)
+    assert engine.generations == 150  # a copy was changed
+    assert sfx.Operon(transform_generations=None).for_transform(TRANSFORMS["log"]).generations == 150
+    for bad in (0, 2.5, True, "75"):
+        with pytest.raises(sfx.SymTorchFXError, match="transform_generations"):
+            sfx.Operon(transform_generations=bad)
 
 
 def test_transformed_searches_narrow_the_vocabulary():
