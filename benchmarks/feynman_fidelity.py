@@ -31,7 +31,6 @@ stdout. ``--set key=value`` overrides an ``sfx.Operon`` setting to measure other
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import math
@@ -305,48 +304,26 @@ def _sympy_zero(exprs, seconds: float) -> bool | None:
 # the run
 
 
-_PRUNED = "<pruned>"  # marks where a search's pruned forms start in its texts
-
-
-@contextlib.contextmanager
-def recording_jobs(into: list):
-    """Record every search's candidates (engine texts and pruned forms apart) in ``into``, so
-    fronts without some searches, or without pruning, can be rebuilt later (``--ablate``)."""
-    from symtorch_fx import _api, _distill
-
-    real_prune, real_run = _distill.prune_candidates, _api.run_jobs
-
-    def prune(*args, **kwargs):
-        return [_PRUNED] + real_prune(*args, **kwargs)
-
-    def run(engine, jobs, **kwargs):
-        out = []
-        for job, texts in zip(jobs, real_run(engine, jobs, **kwargs)):
-            cut = next((i for i, t in enumerate(texts) if _PRUNED in t), len(texts))
-            into.append({"transform": job.transform, "restart": job.restart,
-                         "texts": texts[:cut], "pruned": texts[cut + 1:]})
-            out.append(texts[:cut] + texts[cut + 1:])
-        return out
-
-    _distill.prune_candidates, _api.run_jobs = prune, run  # workers fork after this
-    try:
-        yield into
-    finally:
-        _distill.prune_candidates, _api.run_jobs = real_prune, real_run
-
-
 def distill(model: Model, X: torch.Tensor, restarts: int | None, engine_kw: dict,
             seed: int = 0, prune: bool = True):
-    """(symbolic model, wall seconds, CPU seconds of this process and its workers, the
-    searches' candidates)."""
-    jobs: list[dict] = []
+    """(symbolic model, wall seconds, CPU seconds of this process and its workers)."""
     cpu0, t0 = _cpu(), time.perf_counter()
-    with warnings.catch_warnings(), recording_jobs(jobs):
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sym = sfx.compile(model, targets=["net"], sample_inputs=X.split(2048),
                           engine=sfx.Operon(**engine_kw), restarts=restarts, seed=seed,
                           prune=prune, progress=False)
-    return sym, time.perf_counter() - t0, _cpu() - cpu0, jobs
+    return sym, time.perf_counter() - t0, _cpu() - cpu0
+
+
+def job_records(front) -> list[dict]:
+    """Each search's candidates (engine equations and pruned forms apart; the front's
+    ``info["searches"]``), so fronts without some searches, or without pruning, can be rebuilt
+    later (``--ablate``)."""
+    return [{"transform": s["transform"], "restart": i, "seed": s["seed"],
+             "seconds": s["seconds"], "texts": s["equations"], "pruned": s["pruned"],
+             "on_front": s["on_front"]}
+            for i, s in enumerate(front.info["searches"])]
 
 
 def _cpu() -> float:
@@ -379,14 +356,14 @@ def run_law(law, index: int, args, engine_kw: dict) -> dict:
     model, info = train_net(law, index)
     X, _ = law_data(law, index)
     load = os.getloadavg()[0]
-    sym, seconds, cpu, jobs = distill(model, X, args.restarts, engine_kw, args.seed,
-                                      prune=not args.no_prune)
+    sym, seconds, cpu = distill(model, X, args.restarts, engine_kw, args.seed,
+                                prune=not args.no_prune)
     front = sym.equations["net"][0]
     rec = {
         "law": law.name, "index": index, "formula": law.formula, "d": len(law.variables),
         "net": info, "seconds": seconds, "cpu_seconds": cpu, "load": load,
         "restarts": args.restarts, "seed": args.seed, "prune": not args.no_prune,
-        "front": _front_record(front), "jobs": jobs,
+        "front": _front_record(front), "jobs": job_records(front),
     }
     return judge(rec, law)
 
@@ -405,9 +382,9 @@ ABLATIONS = {
 }
 
 
-def ablate(rec: dict, law, variant: str) -> dict:
+def ablate(rec: dict, law, variants) -> dict[str, dict]:
     """``rec``'s front rebuilt from its recorded candidates without some searches or without
-    the pruned forms (see ``ABLATIONS``), judged like a run's."""
+    the pruned forms (see ``ABLATIONS``), judged like a run's: one record per variant."""
     from symtorch_fx._distill import build_front, split_rows
 
     model, _ = train_net(law, rec["index"])
@@ -416,16 +393,20 @@ def ablate(rec: dict, law, variant: str) -> dict:
         Y = model(X)[:, 0].double().numpy()
     X = X.double().numpy()
     train, val = split_rows(len(X), 0.25, rec["seed"])
-    texts = []
-    for job in rec["jobs"]:
-        keep, pruned = ABLATIONS[variant](job)
-        if keep:
-            texts += job["texts"] + (job["pruned"] if pruned else [])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        front, _ = build_front(texts, list(law.symbols), X[train], Y[train], X[val], Y[val], X)
     out = {k: v for k, v in rec.items() if k not in ("front", "picks", "scored", "jobs")}
-    return judge(dict(out, front=_front_record(front)), law, picks_only=True)
+    judged = {}
+    for variant in variants:
+        texts = []
+        for job in rec["jobs"]:
+            keep, pruned = ABLATIONS[variant](job)
+            if keep:
+                texts += job["texts"] + (job["pruned"] if pruned else [])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            front, _ = build_front(texts, list(law.symbols), X[train], Y[train], X[val], Y[val],
+                                   X)
+        judged[variant] = judge(dict(out, front=_front_record(front)), law, picks_only=True)
+    return judged
 
 
 def front_of(rec: dict, law) -> ParetoFront:
@@ -518,9 +499,11 @@ def main(argv=None) -> None:
     if args.ablate:
         saved = json.loads(args.ablate.read_text())
         laws, _ = feynman_suite.load()
-        for variant in args.variants or ABLATIONS:
-            recs = [ablate(r, laws[r["index"]], variant) for r in saved["records"]
-                    if not args.laws or r["law"] in args.laws]
+        variants = args.variants or list(ABLATIONS)
+        rebuilt = [ablate(r, laws[r["index"]], variants) for r in saved["records"]
+                   if not args.laws or r["law"] in args.laws]
+        for variant in variants:
+            recs = [r[variant] for r in rebuilt]
             exact = [r["law"] for r in recs if r["scored"][str(r["picks"]["auto"])]["exact"]]
             print(f"### {variant}\n")
             print(table(recs, whole_front=False))

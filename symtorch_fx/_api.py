@@ -14,9 +14,17 @@ import torch.nn as nn
 
 from . import _select
 from ._engine import default_restarts, default_transforms
-from ._distill import TRANSFORMS, Job, build_front, check_transforms, run_jobs, split_rows
+from ._distill import (
+    TRANSFORMS,
+    Job,
+    Searched,
+    check_transforms,
+    front_of_scored,
+    run_jobs,
+    split_rows,
+)
 from ._equations import ParetoFront
-from ._expr import variable
+from ._expr import to_text, variable
 from ._errors import RecordingError, SymTorchFXError, UntraceableModelError
 from ._instrument import Recorder
 from ._lower import Layout
@@ -168,13 +176,16 @@ def convert(
         noise: the network's error (MSE) on a region's outputs, when known: a number for every
             output, or ``{region: number or [one per output]}``; ``"auto"`` uses it.
         restarts: independent searches (different seeds) per output, merged into one front;
-            None: the engine's own default (``sfx.Operon``: 3 searches of 500 rows each).
-        transforms: transforms of each output searched once more each, beside the ``restarts``
-            searches of the output itself, their equations mapped back and merged into the same
-            front: ``"square"`` (search y^2, keep sqrt), ``"inverse_square"`` (search 1/y^2,
-            keep sqrt(1/f)) and ``"log"`` (search log|y|, keep exp). Each needs an output of one
-            sign (``inverse_square`` and ``log``: never 0) and is skipped for outputs that
-            change sign. None: the engine's own (``sfx.Operon``: all three); ``()``: none.
+            None: the engine's own default (``sfx.Operon``: 2 searches of 500 rows each).
+        transforms: transforms of each output searched beside the ``restarts`` searches of
+            the output itself, their equations mapped back and merged into the same front:
+            ``"square"`` (search y^2, keep sqrt), ``"inverse_square"`` (search 1/y^2, keep
+            sqrt(1/f)) and ``"log"`` (search log|y|, keep exp). One search per entry: a name
+            listed twice is searched twice, with different seeds (or give ``{name: searches}``).
+            Each needs an output of one sign (``inverse_square`` and ``log``: never 0) and is
+            skipped for outputs that change sign. None: the engine's own (``sfx.Operon``:
+            ``square`` once, ``inverse_square`` and ``log`` twice each, shorter searches than
+            those of the output, see ``Operon(transform_generations=)``); ``()``: none.
         prune: also offer simpler forms of each search's candidates near its front: constants
             fixed at 0 or +-1 one at a time, the others refit (``1.0003*x0*x1 + 0.0002`` ->
             ``x0*x1``). They join the front and are chosen like any other equation; the law's
@@ -264,19 +275,21 @@ def distill_recordings(
         for k in range(Y.shape[1]):
             for r in range(restarts):
                 jobs.append(Job(region.name, k, r, X[train], Y[train, k], names,
-                                seed=_job_seed(seed, ri, k, r), prune=prune))
+                                seed=_job_seed(seed, ri, k, r), prune=prune,
+                                holdout=(X[val], Y[val, k])))
             for j, name in enumerate(transforms):
                 t = TRANSFORMS[name]
                 if t.applies(Y[:, k]):
                     r = restarts + j
                     jobs.append(Job(region.name, k, r, X[train], Y[train, k], names,
                                     seed=_job_seed(seed, ri, k, r), transform=name,
-                                    sign=t.sign(Y[:, k]), prune=prune))
+                                    sign=t.sign(Y[:, k]), prune=prune,
+                                    holdout=(X[val], Y[val, k])))
 
-    texts = run_jobs(engine, jobs, executor=executor, progress=progress)
-    by_output: dict[tuple[str, int], list[str]] = {}
-    for job, t in zip(jobs, texts):
-        by_output.setdefault((job.region, job.output), []).extend(t)
+    searched = run_jobs(engine, jobs, executor=executor, progress=progress)
+    by_output: dict[tuple[str, int], list[tuple[Job, Searched]]] = {}
+    for job, s in zip(jobs, searched):
+        by_output.setdefault((job.region, job.output), []).append((job, s))
 
     results = {}
     for region in regions:
@@ -285,9 +298,12 @@ def distill_recordings(
         symbols = [variable(n) for n in names]
         fronts = []
         for k, out_name in enumerate(outs):
-            front, _ = build_front(by_output[(region.name, k)], symbols, X[train], Y[train, k],
-                                   X[val], Y[val, k], X, canonical=True)
-            fronts.append(ParetoFront(region.name, out_name, front))
+            runs = by_output[(region.name, k)]
+            front = front_of_scored([c for _, s in runs for c in s.scored], symbols,
+                                    Y[train, k], Y[val, k],
+                                    [b for _, s in runs for b in s.bad_syntax])
+            fronts.append(ParetoFront(region.name, out_name, front,
+                                      info={"searches": search_records(runs, front)}))
         floors = _noise_for(noise, region.name, len(fronts))
         for front, rule, floor in zip(fronts, _select.per_output(selection, len(fronts)), floors):
             _select.apply(front, rule, floor)
@@ -301,6 +317,22 @@ def distill_recordings(
             info["projection"] = projection.describe()
         results[region.name] = RegionResult(region, tuple(names), fronts, module, info=info)
     return results
+
+
+def search_records(runs: list[tuple[Job, Searched]], front: list) -> list[dict]:
+    """``ParetoFront.info["searches"]``: what each search of an output gave and which of the
+    front's equations it found (indices; the mean at 0 comes from no search), so that a law
+    missing from the front can be traced to the searches that missed it."""
+    texts = [to_text(e.expr) for e in front]
+    out = []
+    for job, s in runs:
+        mine = set(s.candidates)
+        out.append({
+            "transform": job.transform, "seed": job.seed, "seconds": round(s.seconds, 3),
+            "equations": s.texts, "pruned": s.pruned,
+            "on_front": [i for i, t in enumerate(texts) if t in mine],
+        })
+    return out
 
 
 def _noise_for(noise, region: str, n: int) -> list[float | None]:

@@ -14,9 +14,10 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import sympy
@@ -25,8 +26,12 @@ import torch
 from ._equations import Equation
 from ._errors import EquationSyntaxError, SymTorchFXError
 from ._expr import complexity, parse, tidy, to_text, variable
-from ._lower import evaluate
+from ._lower import evaluate, one_torch_thread
 from ._prune import prune_candidates
+
+
+#: the name of the search of the output itself (not a transform users list)
+IDENTITY = "identity"
 
 
 @dataclass
@@ -39,21 +44,44 @@ class Job:
     variables: list[str]
     seed: int
     weights: np.ndarray | None = None
-    transform: str = "identity"
+    transform: str = IDENTITY
     #: the sign ``s`` of an output searched through a one-sign transform (``g(s*y)``)
     sign: int = 1
     #: also return simpler forms of the candidates, constants pruned (``_prune``)
     prune: bool = False
+    #: held-out rows ``(X_val, y_val)``: score every candidate in the worker (``Searched.scored``)
+    holdout: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def label(self) -> str:
         return (f"{self.region}[{self.output}]"
                 + (f" restart {self.restart}" if self.restart else "")
-                + (f" ({self.transform} of the output)" if self.transform != "identity" else ""))
+                + ("" if self.transform == IDENTITY else f" ({self.transform} of the output)"))
 
 
-def run_job(engine, job: Job) -> list[str]:
+@dataclass
+class Searched:
+    """What one search (one :class:`Job`) gave, in canonical text (see :func:`canonical_texts`)."""
+
+    #: the engine's equations, mapped back through the job's transform
+    texts: list[str]
+    #: the simpler forms pruning added (none of them among ``texts``)
+    pruned: list[str]
+    #: wall time in the worker: the search, pruning, printing and scoring
+    seconds: float
+    #: every candidate scored on the job's held-out rows (when the job has them)
+    scored: list["Scored"] | None = None
+    #: the syntax errors of candidates that did not parse (reported by the front builder)
+    bad_syntax: list[str] = field(default_factory=list)
+
+    @property
+    def candidates(self) -> list[str]:
+        return self.texts + self.pruned
+
+
+def run_job(engine, job: Job) -> Searched:
     """Runs in a worker: one engine search (of the job's transform of ``y``, mapped back)."""
+    start = time.perf_counter()
     t = TRANSFORMS[job.transform]
     if t.operators is not None:
         if hasattr(engine, "for_transform"):
@@ -62,30 +90,64 @@ def run_job(engine, job: Job) -> list[str]:
             engine = engine.with_operators(t.operators)
     target = t.forward(job.sign * job.y)
     texts = engine.search(job.X, target, job.variables, job.seed, job.weights)
-    if job.prune:
-        texts = texts + prune_candidates(texts, job.X, target, job.variables, job.weights,
-                                         job.seed)
-    return canonical_texts([t.back(text, job.sign) for text in texts], job.variables,
-                           float(np.std(job.y)) or 1.0)
+    pruned = (prune_candidates(texts, job.X, target, job.variables, job.weights, job.seed)
+              if job.prune else [])
+    scale = float(np.std(job.y)) or 1.0
+    signs = variable_signs(job.variables, job.X, *(job.holdout[:1] if job.holdout else ()))
+    texts = canonical_texts([t.back(text, job.sign) for text in texts], job.variables, scale,
+                            signs)
+    seen = set(texts)
+    pruned = [p for p in canonical_texts([t.back(text, job.sign) for text in pruned],
+                                         job.variables, scale, signs) if p not in seen]
+    scored, bad_syntax = None, []
+    if job.holdout is not None:
+        with one_torch_thread():  # a forked worker must not touch the parent's thread pool
+            found, bad_syntax = score_texts(texts + pruned, [variable(n) for n in job.variables],
+                                            *job.holdout, job.X, canonical=True)
+        scored = [s for _, s in found]
+    return Searched(texts, pruned, time.perf_counter() - start, scored, bad_syntax)
 
 
-def canonical_texts(texts: list[str], names: list[str], scale: float) -> list[str]:
+def canonical_texts(texts: list[str], names: list[str], scale: float,
+                    signs: dict[str, int] | None = None) -> list[str]:
     """Each distinct text as it is read back from a file: parsed, tidied (``scale``: the spread
     of the output, see ``tidy``) and printed; texts that do not parse are kept as they are, for
     the front builder to report.
 
-    Runs in the worker, so that the serial front builder parses each distinct equation once
-    (``build_front(canonical=True)``), and equations that differ only in how the engine wrote
-    them are merged before it does.
+    ``signs``: variables of one sign on every recorded row (name -> +1 or -1); ``abs`` of such
+    a variable is written without the ``abs``, which changes no recorded value and saves a
+    node. (Mapping a search of ``1/y^2`` back takes a square root, and sympy writes
+    ``sqrt(m^2/f)`` as ``abs(m)/sqrt(f)``.)
+
+    Runs in the worker, so that the serial front builder never parses the engine's own text,
+    and equations that differ only in how the engine wrote them are merged before it sees them.
     """
     symbols = {n: variable(n) for n in names}
+    unsigned = {sympy.Abs(symbols[n]): (symbols[n] if s > 0 else -symbols[n])
+                for n, s in (signs or {}).items()}
     out: dict[str, None] = {}
     for text in dict.fromkeys(texts):
         try:
-            out[to_text(tidy(parse(text, symbols), scale))] = None
+            expr = tidy(parse(text, symbols), scale)
+            if unsigned:
+                expr = expr.xreplace(unsigned)
+            out[to_text(expr)] = None
         except EquationSyntaxError:
             out[text] = None
     return list(out)
+
+
+def variable_signs(names: list[str], *blocks: np.ndarray) -> dict[str, int]:
+    """The variables whose recorded values (every row of every block) are all > 0 (+1) or all
+    < 0 (-1)."""
+    X = np.concatenate([np.asarray(b, np.float64).reshape(len(b), -1) for b in blocks])
+    out = {}
+    for k, n in enumerate(names):
+        if np.all(X[:, k] > 0):
+            out[n] = 1
+        elif np.all(X[:, k] < 0):
+            out[n] = -1
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,7 +201,7 @@ class Transform:
 
 
 TRANSFORMS = {t.name: t for t in (
-    Transform("identity", lambda a: a, "{f}", one_sign=False, operators=None),
+    Transform(IDENTITY, lambda a: a, "{f}", one_sign=False, operators=None),
     Transform("square", np.square, "sqrt({f})"),
     Transform("inverse_square", lambda a: 1.0 / np.square(a), "sqrt(1/({f}))", nonzero=True),
     Transform("log", np.log, "exp({f})", nonzero=True,
@@ -164,11 +226,11 @@ def check_transforms(transforms) -> tuple[str, ...]:
             "transforms must be a list of names such as ['square', 'log'] (a name listed "
             f"twice is searched twice) or a dict {{name: searches}}, got {transforms!r}"
         )
-    bad = [t for t in transforms if t not in TRANSFORMS or t == "identity"]
+    bad = [t for t in transforms if t not in TRANSFORMS or t == IDENTITY]
     if bad:
         raise SymTorchFXError(
             f"unknown output transform(s) {bad!r}; choose from "
-            f"{sorted(set(TRANSFORMS) - {'identity'})} (the output itself is always searched)"
+            f"{sorted(set(TRANSFORMS) - {IDENTITY})} (the output itself is always searched)"
         )
     return tuple(transforms)
 
@@ -187,8 +249,9 @@ class InlineExecutor(cf.Executor):
 
 def _process_pool(n: int) -> cf.Executor:
     # On Linux, fork (as torch's DataLoader does): workers start at once and scripts need no
-    # ``if __name__ == "__main__"`` guard. The workers only run the engine (numpy + C++), never
-    # torch ops, so the parent's thread pools are no hazard. Elsewhere fork is unsafe or absent:
+    # ``if __name__ == "__main__"`` guard. The workers run the engine (numpy + C++), and score
+    # candidates with torch on one thread (``one_torch_thread``): a forked child that touches
+    # the parent's intra-op thread pool hangs. Elsewhere fork is unsafe or absent:
     # spawn, which re-imports the main module (guard it, as for DataLoader workers).
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     return cf.ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context(method))
@@ -222,12 +285,12 @@ def resolve_executor(executor, engine, n_jobs: int) -> tuple[cf.Executor, bool]:
     )
 
 
-def run_jobs(engine, jobs: list[Job], executor=None, progress: bool = True) -> list[list[str]]:
+def run_jobs(engine, jobs: list[Job], executor=None, progress: bool = True) -> list[Searched]:
     """Run every job; results in job order. The first failure is raised, naming its job."""
     if not jobs:
         return []
     pool, owned = resolve_executor(executor, engine, len(jobs))
-    results: list[list[str] | None] = [None] * len(jobs)
+    results: list[Searched | None] = [None] * len(jobs)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -267,6 +330,84 @@ def split_rows(n: int, validation: float, seed: int) -> tuple[np.ndarray, np.nda
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+@dataclass(frozen=True)
+class Scored:
+    """A candidate scored where it was found: its text (as read back), complexity, held-out
+    loss, and whether it is finite on every recorded row. Picklable, no sympy inside."""
+
+    text: str
+    complexity: int
+    loss: float
+    finite: bool
+
+
+def score_texts(
+    texts: list[str],
+    variables: list[sympy.Symbol],
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    X_more: np.ndarray,
+    w_val: np.ndarray | None = None,
+    canonical: bool = False,
+    scale: float = 1.0,
+) -> tuple[list[tuple[sympy.Expr, Scored]], list[str]]:
+    """Parse and score each distinct text: ``([(expr, Scored)], syntax errors)``.
+
+    ``loss``: the (``w_val``-weighted) MSE on the held-out rows; ``finite``: finite there and
+    on ``X_more`` (the other recorded rows). Texts that do not parse, fold to a non-real or
+    infinite constant, or have a non-finite loss are left out. ``canonical``: the texts are
+    already as read back (see :func:`canonical_texts`); otherwise each is tidied (``scale``: the
+    output's spread) and put in that form first.
+    """
+    symbols = {v.name: v for v in variables}
+    xv = torch.from_numpy(np.ascontiguousarray(X_val, np.float64))
+    xm = torch.from_numpy(np.ascontiguousarray(X_more, np.float64))
+    yv = np.asarray(y_val, np.float64)
+    wv = _normalized(w_val, len(yv), "w_val")
+    out, bad_syntax, seen = [], [], set()
+    for text in dict.fromkeys(texts):
+        try:
+            expr = parse(text, symbols)
+            if not canonical:
+                expr = parse(to_text(tidy(expr, scale)), symbols)  # the form read back
+        except EquationSyntaxError as e:
+            bad_syntax.append(str(e))
+            continue
+        if expr in seen or expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo, sympy.I):
+            continue
+        seen.add(expr)
+        with np.errstate(all="ignore"):
+            loss = _mse(evaluate([expr], xv, variables)[:, 0].numpy(), yv, wv)
+        if not np.isfinite(loss):
+            continue
+        finite = bool(torch.isfinite(evaluate([expr], xm, variables)).all())
+        out.append((expr, Scored(to_text(expr) if not canonical else text, complexity(expr),
+                                 loss, finite)))
+    return out, bad_syntax
+
+
+def _mse(pred: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> float:
+    sq = (pred - y) ** 2
+    return float(np.mean(sq) if w is None else np.sum(w * sq))
+
+
+def _constant_model(variables, y_train, y_val, w_train, w_val) -> Equation:
+    """The mean (weighted by ``w_train``), scored on the held-out rows: every front starts here."""
+    yv = np.asarray(y_val, np.float64)
+    mean = float(np.average(y_train, weights=_normalized(w_train, len(y_train), "w_train")))
+    loss = _mse(np.full_like(yv, mean), yv, _normalized(w_val, len(yv), "w_val"))
+    return Equation(sympy.Float(mean), 1, loss, tuple(variables))
+
+
+def _warn_syntax(bad_syntax: list[str]) -> None:
+    if bad_syntax:
+        warnings.warn(
+            f"{len(bad_syntax)} candidate equation(s) from the engine could not be parsed and "
+            f"were skipped; first: {bad_syntax[0]}",
+            stacklevel=3,
+        )
+
+
 def build_front(
     texts: list[str],
     variables: list[sympy.Symbol],
@@ -288,46 +429,39 @@ def build_front(
     ``w_train``/``w_val``: optional non-negative row weights (e.g. proximity to the point a local
     explanation is about). With them the constant model is the weighted mean of ``y_train`` and
     ``loss`` is the weighted mean squared error on the held-out rows.
+
+    ``canonical``: the texts are already in the form they are read back in (see
+    :func:`canonical_texts`), so each is parsed once.
     """
-    symbols = {v.name: v for v in variables}
-    scale = float(np.std(y_train)) or 1.0
-    xv = torch.from_numpy(np.ascontiguousarray(X_val))
-    xa = torch.from_numpy(np.ascontiguousarray(X_all))
-    yv = np.asarray(y_val, np.float64)
-    wv = _normalized(w_val, len(yv), "w_val")
-    mean = float(np.average(y_train, weights=_normalized(w_train, len(y_train), "w_train")))
-
-    def mse(pred: np.ndarray) -> float:
-        sq = (pred - yv) ** 2
-        return float(np.mean(sq) if wv is None else np.sum(wv * sq))
-
-    scored = [Equation(sympy.Float(mean), 1, mse(np.full_like(yv, mean)), tuple(variables))]
-    seen = {scored[0].expr}
-    bad_syntax = []
-    for text in dict.fromkeys(texts):
-        try:
-            expr = parse(text, symbols)
-            if not canonical:
-                expr = parse(to_text(tidy(expr, scale)), symbols)  # the form read back
-        except EquationSyntaxError as e:
-            bad_syntax.append(str(e))
-            continue
-        if expr in seen or expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo, sympy.I):
-            continue
-        seen.add(expr)
-        with np.errstate(all="ignore"):
-            loss = mse(evaluate([expr], xv, variables)[:, 0].numpy())
-        if not np.isfinite(loss):
-            continue
-        finite = bool(torch.isfinite(evaluate([expr], xa, variables)).all())
-        scored.append(Equation(expr, complexity(expr), loss, tuple(variables), finite))
-    if bad_syntax:
-        warnings.warn(
-            f"{len(bad_syntax)} candidate equation(s) from the engine could not be parsed and "
-            f"were skipped; first: {bad_syntax[0]}",
-            stacklevel=2,
-        )
+    mean = _constant_model(variables, y_train, y_val, w_train, w_val)
+    found, bad_syntax = score_texts(texts, variables, X_val, y_val, X_all, w_val, canonical,
+                                    float(np.std(y_train)) or 1.0)
+    _warn_syntax(bad_syntax)
+    scored = [mean] + [Equation(e, s.complexity, s.loss, tuple(variables), s.finite)
+                       for e, s in found if e != mean.expr]
     return pareto(scored), scored
+
+
+def front_of_scored(
+    found: list[Scored],
+    variables: list[sympy.Symbol],
+    y_train: np.ndarray,
+    y_val: np.ndarray,
+    bad_syntax: list[str] = (),
+) -> list[Equation]:
+    """The Pareto front of candidates the workers scored (``Job.holdout``): only the texts that
+    reach it are parsed here. Same front as :func:`build_front` on the same texts."""
+    mean = _constant_model(variables, y_train, y_val, None, None)
+    _warn_syntax(list(bad_syntax))
+    best: dict[str, Scored] = {}
+    for s in found:
+        best.setdefault(s.text, s)
+    # a light front first (texts only), then the sympy objects of its members
+    light = pareto([mean] + list(best.values()))
+    symbols = {v.name: v for v in variables}
+    return [e if isinstance(e, Equation)
+            else Equation(parse(e.text, symbols), e.complexity, e.loss, tuple(variables), e.finite)
+            for e in light]
 
 
 def _normalized(w, n: int, name: str) -> np.ndarray | None:
@@ -339,7 +473,7 @@ def _normalized(w, n: int, name: str) -> np.ndarray | None:
     return w / w.sum()
 
 
-def pareto(candidates: list[Equation]) -> list[Equation]:
+def pareto(candidates: list) -> list:
     """Simplest first; each kept equation is strictly more accurate than every simpler one."""
     front: list[Equation] = []
     for e in sorted(candidates, key=lambda e: (e.complexity, e.loss)):

@@ -21,8 +21,10 @@ class Engine(Protocol):
     parallel_jobs: bool
     # optional, so not members of the protocol: ``restarts``, the independent searches per
     # output that ``convert`` runs and merges unless its ``restarts=`` says otherwise (default 1),
-    # and ``transforms``, the transforms of the output searched once each beside them (default
-    # none; see ``_distill.TRANSFORMS``)
+    # ``transforms``, the transforms of the output searched beside them, one search per entry
+    # (default none; see ``_distill.TRANSFORMS``), and ``for_transform(t)``, the engine to use for
+    # a search through transform ``t`` (default: the engine, its vocabulary narrowed by
+    # ``with_operators(t.operators)`` when it has that method)
 
     def check(self) -> None:
         """Raise :class:`EngineUnavailableError` (saying how to fix it) if the engine cannot run."""
@@ -43,10 +45,10 @@ def default_restarts(engine) -> int:
     return getattr(engine, "restarts", 1)
 
 
-def default_transforms(engine) -> tuple[str, ...]:
-    """The engine's own transforms of the output to search as well (none for engines that do
-    not say)."""
-    return tuple(getattr(engine, "transforms", ()))
+def default_transforms(engine):
+    """The engine's own transforms of the output to search as well, as it gives them (a list
+    of names or ``{name: searches}``; none for engines that do not say)."""
+    return getattr(engine, "transforms", ())
 
 
 def settings_repr(obj) -> str:

@@ -307,6 +307,25 @@ def evaluate(
     return torch.stack([walk.tensor(e) for e in exprs], -1)
 
 
+class one_torch_thread:
+    """Run torch on one thread inside the block.
+
+    Scoring and refitting work on a few thousand rows, where intra-op threads only add
+    synchronization (on a busy machine, 100x for float64 sin). And a worker process forked
+    after the parent used its thread pool hangs in its first parallel torch op unless it runs
+    on one thread (measured: an elementwise op on 8192 rows).
+    """
+
+    def __enter__(self):
+        self.n = torch.get_num_threads()
+        if self.n != 1:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.n != 1:
+            torch.set_num_threads(self.n)
+
+
 class _TorchWalk:
     """The values of sympy trees over named columns, computed op by op (``TORCH_UNARY``).
 

@@ -50,7 +50,7 @@ from ._distill import Job, build_front, pareto, run_jobs, split_rows
 from ._equations import Equation, ParetoFront
 from ._errors import EquationSyntaxError, SymTorchFXError
 from ._expr import constant_symbol, parse, substitute, templatize, tidy, to_text, variable
-from ._lower import Layout, torch_function
+from ._lower import Layout, one_torch_thread, torch_function
 from ._ops import CONSTANTS, FUNCTIONS
 from ._operon import Operon
 
@@ -206,7 +206,8 @@ def explain(
                 seed=int(np.random.SeedSequence([seed, r]).generate_state(1)[0]), weights=w[train])
             for r in range(restarts)]
     t0 = time.perf_counter()
-    texts = [t for ts in run_jobs(engine, jobs, executor=executor, progress=False) for t in ts]
+    texts = [t for s in run_jobs(engine, jobs, executor=executor, progress=False)
+             for t in s.candidates]
     t_search = time.perf_counter() - t0
     t0 = time.perf_counter()
     if refit:
@@ -214,7 +215,7 @@ def explain(
     # fresh draws from the perturbation distribution (no black-box calls): an equation must
     # stay finite and within reach of the black box's values on them, not only on the samples
     probe = (x0 + rng.standard_normal((PROBES, D)) * sd)[:, features]
-    with _one_torch_thread():
+    with one_torch_thread():
         _, scored = build_front(texts, symbols, Zf[train], y[train], Zf[val], y[val],
                                 np.concatenate([Zf, probe]), w_train=w[train], w_val=w[val])
         usable = [e for e in scored if e.finite and _tame(e, probe, y)]
@@ -688,7 +689,7 @@ def refit_constants(texts: list[str], symbols: list[sympy.Symbol], X: np.ndarray
     yv = np.asarray(y, np.float64)
     sw = np.sqrt(np.asarray(w, np.float64) / np.sum(w))
     out = []
-    with _one_torch_thread():
+    with one_torch_thread():
         for text in dict.fromkeys(texts):
             out.append(text)
             try:
@@ -747,17 +748,3 @@ def _levenberg_marquardt(residuals, c: np.ndarray, max_iter: int) -> tuple[np.nd
         if gain <= 1e-12 * loss:
             break
     return c, loss < start
-
-
-class _one_torch_thread:
-    """Run torch on one thread: the refit and scoring work on a few hundred rows, where
-    intra-op threads only add synchronization (on a busy machine, 100x for float64 sin)."""
-
-    def __enter__(self):
-        self.n = torch.get_num_threads()
-        if self.n != 1:
-            torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        if self.n != 1:
-            torch.set_num_threads(self.n)

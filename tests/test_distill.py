@@ -167,7 +167,9 @@ def test_pysr_live_recovers_law(trained_law, law_data):
 
 
 def test_default_process_pool_works_from_a_script_without_main_guard(tmp_path):
-    """Workers must not re-import the user's script (forkserver/spawn would, and crash)."""
+    """Workers must not re-import the user's script (forkserver/spawn would, and crash), nor
+    hang in torch: they are forked after the parent's intra-op thread pool has run (the large
+    op below), and score their candidates with torch."""
     import subprocess
     import sys
     import textwrap
@@ -177,6 +179,8 @@ def test_default_process_pool_works_from_a_script_without_main_guard(tmp_path):
         import torch, torch.nn as nn
         import symtorch_fx as sfx
         print("script body ran", flush=True)
+        torch.set_num_threads(2)
+        torch.rand(2_000_000).exp().sum()  # the parent's thread pool has run
         model = nn.Sequential(nn.Linear(2, 2))
         x = torch.randn(300, 2)
         sym = sfx.compile(model, ["0"], x, progress=False,
@@ -184,7 +188,47 @@ def test_default_process_pool_works_from_a_script_without_main_guard(tmp_path):
         print("outputs", len(sym.equations["0"]))
     """))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=300)
+                         timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("script body ran") == 1  # not re-run by the workers
     assert "outputs 2" in out.stdout
+
+
+def test_fronts_scored_in_the_workers_equal_fronts_scored_here():
+    # convert scores candidates where they were found and parses only the front's texts; the
+    # front must be the one build_front gives for the same texts
+    from symtorch_fx._distill import build_front, canonical_texts, front_of_scored, score_texts
+    from symtorch_fx._expr import variable
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.5, 2, (800, 2))
+    X[0, 0] = 0.25  # a training row where log(x0 - 0.3) is not finite
+    y = X[:, 0] * X[:, 1] + 0.01 * np.sin(3 * X[:, 0])
+    names = ["x0", "x1"]
+    syms = [variable(n) for n in names]
+    raw = ["x0", "1.0000001*x0*x1", "x0*x1 + 0.01*sin(3*x0)", "x0*x1 + 0.0101*sin(3.0*x0)",
+           "x0 + (", "log(x0 - 0.3)", "x1^2", "x0*x1", "1/(x0 - x0)", "exp(x0)*x1 - 2"]
+    tr, va = np.arange(600), np.arange(600, 800)
+    ref, _ = build_front(raw, syms, X[tr], y[tr], X[va], y[va], X)
+    texts = canonical_texts(raw, names, float(np.std(y[tr])))
+    found, bad = score_texts(texts[:5], syms, X[va], y[va], X[tr], canonical=True)
+    found2, bad2 = score_texts(texts[5:], syms, X[va], y[va], X[tr], canonical=True)
+    with pytest.warns(UserWarning, match="could not be parsed"):
+        front = front_of_scored([s for _, s in found + found2], syms, y[tr], y[va], bad + bad2)
+    assert [(str(e.expr), e.complexity, e.loss, e.finite) for e in front] == [
+        (str(e.expr), e.complexity, e.loss, e.finite) for e in ref]
+    assert not next(s for _, s in found + found2 if s.text == "log(x0 - 0.3)").finite
+
+
+def test_abs_of_a_variable_of_one_sign_is_written_without_it():
+    # mapping a 1/y^2 search back writes sqrt(m^2/f) as abs(m)/sqrt(f): a node the law lacks
+    # where m > 0 on every recorded row (and -m where m < 0 on every row)
+    from symtorch_fx._distill import canonical_texts, variable_signs
+
+    X = np.array([[1.0, -2.0, 0.0], [3.0, -0.5, 1.0]])
+    signs = variable_signs(["m", "q", "z"], X[:1], X[1:])
+    assert signs == {"m": 1, "q": -1}  # z is 0 on a row: not of one sign
+    texts = ["sqrt(1/((1 - v^2)/m^2))", "abs(q)*abs(z)", "abs(m - 2)"]
+    got = canonical_texts(texts, ["m", "q", "z", "v"], 1.0, signs)
+    assert got == ["m*sqrt(1/(1 - v^2))", "-q*abs(z)", "abs(m - 2)"]
+    assert canonical_texts(texts[:1], ["m", "v"], 1.0) == ["sqrt(1/(1 - v^2))*abs(m)"]

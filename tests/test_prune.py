@@ -93,3 +93,23 @@ def test_convert_prunes_by_default_and_can_be_told_not_to():
     assert "x0*x1" not in [str(e) for e in raw.equations["net"][0]]
     with pytest.raises(sfx.SymTorchFXError, match="prune must be True or False"):
         sfx.compile(Wrapper(), ["net"], xs, engine=engine, prune="yes", progress=False)
+
+
+def test_each_front_records_what_each_search_gave():
+    # front.info["searches"]: per search, its seed and time, the engine's equations and the
+    # pruned forms apart (in the text they are read back in), and the front equations it found
+    xs = torch.rand(600, 2) * 2 + 1
+    engine = Candidates(["x0", "1.0003*x0*x1 + 0.0002"])
+    sym = sfx.compile(Wrapper(), ["net"], xs, engine=engine, restarts=2, executor="inline",
+                      progress=False)
+    front = sym.equations["net"][0]
+    searches = front.info["searches"]
+    assert len(searches) == 2 and searches[0]["seed"] != searches[1]["seed"]
+    for s in searches:
+        assert s["transform"] == "identity" and s["seconds"] >= 0
+        assert s["equations"] == ["x0", "1.0003*x0*x1 + 0.0002"]
+        assert "x0*x1" in s["pruned"] and not set(s["pruned"]) & set(s["equations"])
+        # x0 ties the mean at complexity 1, the engine's own law is dominated by its pruned form
+        assert [front[i].text() for i in s["on_front"]] == ["x0*x1"]
+        assert 0 not in s["on_front"]  # the mean is the front builder's, no search's
+    assert front.chosen in searches[0]["on_front"]
