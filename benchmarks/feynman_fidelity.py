@@ -374,11 +374,14 @@ def _front_record(front) -> list[dict]:
 
 
 #: the variants ``--ablate`` rebuilds from a run's recorded candidates
+#: (``job["repeat"]``: how many earlier searches of the same output had the same transform)
 ABLATIONS = {
     "as run": lambda job: (True, True),
     "no transforms": lambda job: (job["transform"] == "identity", True),
     "no pruning": lambda job: (True, False),
-    "neither (the previous default)": lambda job: (job["transform"] == "identity", False),
+    "neither": lambda job: (job["transform"] == "identity", False),
+    "one search per transform": lambda job: (job["transform"] == "identity"
+                                             or job["repeat"] == 0, True),
 }
 
 
@@ -394,6 +397,10 @@ def ablate(rec: dict, law, variants) -> dict[str, dict]:
     X = X.double().numpy()
     train, val = split_rows(len(X), 0.25, rec["seed"])
     out = {k: v for k, v in rec.items() if k not in ("front", "picks", "scored", "jobs")}
+    seen: dict[str, int] = {}
+    for job in rec["jobs"]:
+        job["repeat"] = seen.get(job["transform"], 0)
+        seen[job["transform"]] = job["repeat"] + 1
     judged = {}
     for variant in variants:
         texts = []

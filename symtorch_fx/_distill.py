@@ -26,7 +26,7 @@ import torch
 from ._equations import Equation
 from ._errors import EquationSyntaxError, SymTorchFXError
 from ._expr import complexity, parse, tidy, to_text, variable
-from ._lower import evaluate, one_torch_thread
+from ._lower import TorchWalk, evaluate, one_torch_thread
 from ._prune import prune_candidates
 
 
@@ -93,61 +93,71 @@ def run_job(engine, job: Job) -> Searched:
     pruned = (prune_candidates(texts, job.X, target, job.variables, job.weights, job.seed)
               if job.prune else [])
     scale = float(np.std(job.y)) or 1.0
-    signs = variable_signs(job.variables, job.X, *(job.holdout[:1] if job.holdout else ()))
-    texts = canonical_texts([t.back(text, job.sign) for text in texts], job.variables, scale,
-                            signs)
-    seen = set(texts)
-    pruned = [p for p in canonical_texts([t.back(text, job.sign) for text in pruned],
-                                         job.variables, scale, signs) if p not in seen]
+    rows = job.X if job.holdout is None else np.concatenate([job.X, job.holdout[0]])
     scored, bad_syntax = None, []
-    if job.holdout is not None:
-        with one_torch_thread():  # a forked worker must not touch the parent's thread pool
+    with one_torch_thread():  # a forked worker must not touch the parent's thread pool
+        texts = canonical_texts([t.back(text, job.sign) for text in texts], job.variables,
+                                scale, rows)
+        seen = set(texts)
+        pruned = [p for p in canonical_texts([t.back(text, job.sign) for text in pruned],
+                                             job.variables, scale, rows) if p not in seen]
+        if job.holdout is not None:
             found, bad_syntax = score_texts(texts + pruned, [variable(n) for n in job.variables],
                                             *job.holdout, job.X, canonical=True)
-        scored = [s for _, s in found]
+            scored = [s for _, s in found]
     return Searched(texts, pruned, time.perf_counter() - start, scored, bad_syntax)
 
 
 def canonical_texts(texts: list[str], names: list[str], scale: float,
-                    signs: dict[str, int] | None = None) -> list[str]:
+                    rows: np.ndarray | None = None) -> list[str]:
     """Each distinct text as it is read back from a file: parsed, tidied (``scale``: the spread
     of the output, see ``tidy``) and printed; texts that do not parse are kept as they are, for
     the front builder to report.
 
-    ``signs``: variables of one sign on every recorded row (name -> +1 or -1); ``abs`` of such
-    a variable is written without the ``abs``, which changes no recorded value and saves a
-    node. (Mapping a search of ``1/y^2`` back takes a square root, and sympy writes
-    ``sqrt(m^2/f)`` as ``abs(m)/sqrt(f)``.)
+    ``rows``: the recorded inputs. ``abs(u)`` of a ``u`` of one sign on every row is written
+    ``u`` (or ``-u``), which changes no recorded value and saves a node: mapping a search of
+    ``1/y^2`` back takes a square root, and sympy writes ``sqrt(m^2/f)`` as ``abs(m)/sqrt(f)``.
 
     Runs in the worker, so that the serial front builder never parses the engine's own text,
     and equations that differ only in how the engine wrote them are merged before it sees them.
     """
     symbols = {n: variable(n) for n in names}
-    unsigned = {sympy.Abs(symbols[n]): (symbols[n] if s > 0 else -symbols[n])
-                for n, s in (signs or {}).items()}
+    walk = None
+    if rows is not None:
+        X = torch.from_numpy(np.ascontiguousarray(rows, np.float64))
+        columns = {v: X[:, k] for k, v in enumerate(symbols.values())}
+
+        def walk(e):  # a fresh walk each time: its memo holds a column per subexpression
+            return TorchWalk(columns, X)(e)
     out: dict[str, None] = {}
     for text in dict.fromkeys(texts):
         try:
             expr = tidy(parse(text, symbols), scale)
-            if unsigned:
-                expr = expr.xreplace(unsigned)
+            if walk is not None:
+                expr = _without_needless_abs(expr, walk)
             out[to_text(expr)] = None
         except EquationSyntaxError:
             out[text] = None
     return list(out)
 
 
-def variable_signs(names: list[str], *blocks: np.ndarray) -> dict[str, int]:
-    """The variables whose recorded values (every row of every block) are all > 0 (+1) or all
-    < 0 (-1)."""
-    X = np.concatenate([np.asarray(b, np.float64).reshape(len(b), -1) for b in blocks])
-    out = {}
-    for k, n in enumerate(names):
-        if np.all(X[:, k] > 0):
-            out[n] = 1
-        elif np.all(X[:, k] < 0):
-            out[n] = -1
-    return out
+def _without_needless_abs(expr: sympy.Expr, walk) -> sympy.Expr:
+    """``expr`` with each ``abs(u)`` whose ``u`` has one sign on the rows replaced by ``±u``."""
+    for _ in range(3):  # an abs inside a replaced one is met on the next pass
+        repl = {}
+        for node in sympy.preorder_traversal(expr):
+            if isinstance(node, sympy.Abs) and node.args[0].free_symbols:
+                with np.errstate(all="ignore"):
+                    v = walk(node.args[0])
+                if isinstance(v, torch.Tensor):
+                    if bool((v > 0).all()):
+                        repl[node] = node.args[0]
+                    elif bool((v < 0).all()):
+                        repl[node] = -node.args[0]
+        if not repl:
+            break
+        expr = expr.xreplace(repl)
+    return expr
 
 
 # ----------------------------------------------------------------------------------------------

@@ -303,7 +303,7 @@ def evaluate(
     candidates (the front builder) would spend 10x longer generating and compiling a function
     for each than computing it. Same ops, in the same dtype, as the generated code.
     """
-    walk = _TorchWalk({v: X[:, k] for k, v in enumerate(variables)}, X)
+    walk = TorchWalk({v: X[:, k] for k, v in enumerate(variables)}, X)
     return torch.stack([walk.tensor(e) for e in exprs], -1)
 
 
@@ -326,7 +326,7 @@ class one_torch_thread:
             torch.set_num_threads(self.n)
 
 
-class _TorchWalk:
+class TorchWalk:
     """The values of sympy trees over named columns, computed op by op (``TORCH_UNARY``).
 
     Values are tensors, or Python floats for parts without variables (as the printer keeps

@@ -220,15 +220,14 @@ def test_fronts_scored_in_the_workers_equal_fronts_scored_here():
     assert not next(s for _, s in found + found2 if s.text == "log(x0 - 0.3)").finite
 
 
-def test_abs_of_a_variable_of_one_sign_is_written_without_it():
+def test_abs_of_something_of_one_sign_is_written_without_it():
     # mapping a 1/y^2 search back writes sqrt(m^2/f) as abs(m)/sqrt(f): a node the law lacks
-    # where m > 0 on every recorded row (and -m where m < 0 on every row)
-    from symtorch_fx._distill import canonical_texts, variable_signs
+    # where m > 0 on every recorded row (and -u where u < 0 on every row)
+    from symtorch_fx._distill import canonical_texts
 
-    X = np.array([[1.0, -2.0, 0.0], [3.0, -0.5, 1.0]])
-    signs = variable_signs(["m", "q", "z"], X[:1], X[1:])
-    assert signs == {"m": 1, "q": -1}  # z is 0 on a row: not of one sign
-    texts = ["sqrt(1/((1 - v^2)/m^2))", "abs(q)*abs(z)", "abs(m - 2)"]
-    got = canonical_texts(texts, ["m", "q", "z", "v"], 1.0, signs)
-    assert got == ["m*sqrt(1/(1 - v^2))", "-q*abs(z)", "abs(m - 2)"]
-    assert canonical_texts(texts[:1], ["m", "v"], 1.0) == ["sqrt(1/(1 - v^2))*abs(m)"]
+    rows = np.array([[1.0, -2.0, 0.0, 0.5], [3.0, -0.5, 1.0, 0.1]])  # m q z v
+    names = ["m", "q", "z", "v"]
+    texts = ["sqrt(1/((1 - v^2)/m^2))", "abs(q)*abs(z)", "abs(m - 2)", "abs(q - abs(m))"]
+    got = canonical_texts(texts, names, 1.0, rows)
+    assert got == ["m*sqrt(1/(1 - v^2))", "-q*abs(z)", "abs(m - 2)", "m - q"]
+    assert canonical_texts(texts[:1], names, 1.0) == ["sqrt(1/(1 - v^2))*abs(m)"]
