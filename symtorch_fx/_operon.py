@@ -50,8 +50,8 @@ class Operon:
         transform_generations: generations of each transformed search (None: ``generations``).
             Their vocabulary is small: on five relativistic and Gaussian laws of the benchmark,
             4 seeds each, searches of 75 generations found the law 12 times in 20 and searches
-            of 150 generations 14 times, in twice the time; two short searches find more than
-            one long one.
+            of 150 generations 14 times, in twice the time; two short searches cost what one
+            long one does.
         n_threads: threads Operon uses inside one search.
 
     The defaults are measured on the 35-law Feynman benchmark (``benchmarks/feynman_fidelity.py``,
@@ -60,7 +60,7 @@ class Operon:
     transformed searches and ``convert``'s constant pruning reach laws no search of ``y`` put
     on the front. A third search of ``y`` added no law once they were there, so an output of
     one sign takes 2 searches of ``y`` and 5 short transformed ones, the time of about 4.5
-    searches of ``y``.
+    searches of ``y``: 30 of the 35 laws in exact form, at a median 45.5 s a law on 2 cores.
     """
 
     name = "operon"
