@@ -4,8 +4,10 @@ Each (region, output, restart) is one job for the engine; a job may search a tra
 output (``y^2``, ``log|y|``) and map each equation it finds back to ``y``. Jobs go through a
 ``concurrent.futures.Executor``: local processes by default, threads, inline, any Executor you
 pass, or a ``dask.distributed.Client`` (its ``get_executor()`` is used), so a cluster needs no
-other change. Engines return equation text; here it is parsed, tidied, and scored by *our*
-complexity and by MSE on held-out rows, so fronts from any engine compare.
+other change. Engines return equation text; the job that ran the search parses and tidies it,
+and scores it by *our* complexity and by MSE on held-out rows, so fronts from any engine
+compare. The parent merges the scores of an output's searches into one front and parses only
+the texts on it.
 """
 
 from __future__ import annotations
