@@ -372,8 +372,9 @@ def score_texts(
     output's spread) and put in that form first.
     """
     symbols = {v.name: v for v in variables}
-    xv = torch.from_numpy(np.ascontiguousarray(X_val, np.float64))
-    xm = torch.from_numpy(np.ascontiguousarray(X_more, np.float64))
+    # held-out rows first: one walk of each tree gives the loss (those rows) and finiteness (all)
+    rows = torch.from_numpy(np.concatenate([np.asarray(X_val, np.float64),
+                                            np.asarray(X_more, np.float64)]))
     yv = np.asarray(y_val, np.float64)
     wv = _normalized(w_val, len(yv), "w_val")
     out, bad_syntax, seen = [], [], set()
@@ -389,10 +390,11 @@ def score_texts(
             continue
         seen.add(expr)
         with np.errstate(all="ignore"):
-            loss = _mse(evaluate([expr], xv, variables)[:, 0].numpy(), yv, wv)
+            values = evaluate([expr], rows, variables)[:, 0]
+            loss = _mse(values[:len(yv)].numpy(), yv, wv)
         if not np.isfinite(loss):
             continue
-        finite = bool(torch.isfinite(evaluate([expr], xm, variables)).all())
+        finite = bool(torch.isfinite(values).all())
         out.append((expr, Scored(to_text(expr) if not canonical else text, complexity(expr),
                                  loss, finite)))
     return out, bad_syntax
@@ -430,7 +432,6 @@ def build_front(
     X_all: np.ndarray,
     w_train: np.ndarray | None = None,
     w_val: np.ndarray | None = None,
-    canonical: bool = False,
 ) -> tuple[list[Equation], list[Equation]]:
     """Parse and score candidates; return (Pareto front, every scored candidate).
 
@@ -441,13 +442,10 @@ def build_front(
     ``w_train``/``w_val``: optional non-negative row weights (e.g. proximity to the point a local
     explanation is about). With them the constant model is the weighted mean of ``y_train`` and
     ``loss`` is the weighted mean squared error on the held-out rows.
-
-    ``canonical``: the texts are already in the form they are read back in (see
-    :func:`canonical_texts`), so each is parsed once.
     """
     mean = _constant_model(variables, y_train, y_val, w_train, w_val)
-    found, bad_syntax = score_texts(texts, variables, X_val, y_val, X_all, w_val, canonical,
-                                    float(np.std(y_train)) or 1.0)
+    found, bad_syntax = score_texts(texts, variables, X_val, y_val, X_all, w_val,
+                                    scale=float(np.std(y_train)) or 1.0)
     _warn_syntax(bad_syntax)
     scored = [mean] + [Equation(e, s.complexity, s.loss, tuple(variables), s.finite)
                        for e, s in found if e != mean.expr]
