@@ -321,7 +321,8 @@ def job_records(front) -> list[dict]:
     ``info["searches"]``), so fronts without some searches, or without pruning, can be rebuilt
     later (``--ablate``)."""
     return [{"transform": s["transform"], "restart": i, "seed": s["seed"],
-             "seconds": s["seconds"], "texts": s["equations"], "pruned": s["pruned"],
+             "seconds": s["seconds"], "monomial": s["monomial"], "texts": s["equations"],
+             "pruned": s["pruned"],
              "on_front": s["on_front"]}
             for i, s in enumerate(front.info["searches"])]
 
@@ -382,6 +383,7 @@ ABLATIONS = {
     "neither": lambda job: (job["transform"] == "identity", False),
     "one search per transform": lambda job: (job["transform"] == "identity"
                                              or job["repeat"] == 0, True),
+    "no scaled searches": lambda job: (not job["transform"].startswith("scaled_"), True),
 }
 
 

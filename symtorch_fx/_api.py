@@ -180,12 +180,16 @@ def convert(
         transforms: transforms of each output searched beside the ``restarts`` searches of
             the output itself, their equations mapped back and merged into the same front:
             ``"square"`` (search y^2, keep sqrt), ``"inverse_square"`` (search 1/y^2, keep
-            sqrt(1/f)) and ``"log"`` (search log|y|, keep exp). One search per entry: a name
-            listed twice is searched twice, with different seeds (or give ``{name: searches}``).
-            Each needs an output of one sign (``inverse_square`` and ``log``: never 0) and is
-            skipped for outputs that change sign. None: the engine's own (``sfx.Operon``:
-            ``square`` once, ``inverse_square`` and ``log`` twice each, shorter searches than
-            those of the output, see ``Operon(transform_generations=)``); ``()``: none.
+            sqrt(1/f)) and ``"log"`` (search log|y|, keep exp), and their scaled forms
+            ``"scaled_square"``, ``"scaled_inverse_square"``, ``"scaled_log"``, which search the
+            transform of ``y/m(x)``, ``m`` the monomial of the inputs that fits ``y`` best
+            (``m c^2`` for a relativistic energy), and keep ``m`` times the inverse. One search
+            per entry: a name listed twice is searched twice, with different seeds (or give
+            ``{name: searches}``). Each needs an output of one sign (all but ``square``: never
+            0) and is skipped for outputs that change sign. None: the engine's own
+            (``sfx.Operon``: ``square``, ``inverse_square``, ``scaled_inverse_square``,
+            ``log`` and ``scaled_log``, shorter searches than those of the output, see
+            ``Operon(transform_generations=)``); ``()``: none.
         prune: also offer simpler forms of each search's candidates near its front: constants
             fixed at 0 or +-1 one at a time, the others refit (``1.0003*x0*x1 + 0.0002`` ->
             ``x0*x1``). They join the front and are chosen like any other equation; the law's
@@ -322,14 +326,15 @@ def distill_recordings(
 def search_records(runs: list[tuple[Job, Searched]], front: list) -> list[dict]:
     """``ParetoFront.info["searches"]``: what each search of an output gave and which of the
     front's equations it found (indices; the mean at 0 comes from no search), so that a law
-    missing from the front can be traced to the searches that missed it."""
+    missing from the front can be traced to the searches that missed it. ``monomial``: the
+    scale a scaled transform divided the output by (None for the others)."""
     texts = [to_text(e.expr) for e in front]
     out = []
     for job, s in runs:
         mine = set(s.candidates)
         out.append({
             "transform": job.transform, "seed": job.seed, "seconds": round(s.seconds, 3),
-            "equations": s.texts, "pruned": s.pruned,
+            "monomial": s.monomial, "equations": s.texts, "pruned": s.pruned,
             "on_front": [i for i, t in enumerate(texts) if t in mine],
         })
     return out

@@ -75,6 +75,8 @@ class Searched:
     scored: list["Scored"] | None = None
     #: the syntax errors of candidates that did not parse (reported by the front builder)
     bad_syntax: list[str] = field(default_factory=list)
+    #: a scaled transform's monomial ``m`` (the search was of ``g(s*y/m)``), as text
+    monomial: str | None = None
 
     @property
     def candidates(self) -> list[str]:
@@ -90,7 +92,9 @@ def run_job(engine, job: Job) -> Searched:
             engine = engine.for_transform(t)
         elif hasattr(engine, "with_operators"):
             engine = engine.with_operators(t.operators)
-    target = t.forward(job.sign * job.y)
+    m, m_values = (monomial(fit_monomial(job.X, job.y, job.weights), job.variables, job.X)
+                   if t.scaled else (None, 1.0))
+    target = t.forward(job.sign * job.y / m_values)
     texts = engine.search(job.X, target, job.variables, job.seed, job.weights)
     pruned = (prune_candidates(texts, job.X, target, job.variables, job.weights, job.seed)
               if job.prune else [])
@@ -98,16 +102,16 @@ def run_job(engine, job: Job) -> Searched:
     rows = job.X if job.holdout is None else np.concatenate([job.X, job.holdout[0]])
     scored, bad_syntax = None, []
     with one_torch_thread():  # a forked worker must not touch the parent's thread pool
-        texts = canonical_texts([t.back(text, job.sign) for text in texts], job.variables,
+        texts = canonical_texts([t.back(text, job.sign, m) for text in texts], job.variables,
                                 scale, rows)
         seen = set(texts)
-        pruned = [p for p in canonical_texts([t.back(text, job.sign) for text in pruned],
+        pruned = [p for p in canonical_texts([t.back(text, job.sign, m) for text in pruned],
                                              job.variables, scale, rows) if p not in seen]
         if job.holdout is not None:
             found, bad_syntax = score_texts(texts + pruned, [variable(n) for n in job.variables],
                                             *job.holdout, job.X, canonical=True)
             scored = [s for _, s in found]
-    return Searched(texts, pruned, time.perf_counter() - start, scored, bad_syntax)
+    return Searched(texts, pruned, time.perf_counter() - start, scored, bad_syntax, m)
 
 
 def canonical_texts(texts: list[str], names: list[str], scale: float,
@@ -181,6 +185,12 @@ class Transform:
     ``s * inverse(f)``. It searches with the few ``operators`` that such structure is made of,
     for an engine that can narrow its vocabulary (``engine.with_operators``): with ``cos`` at
     hand a search of ``1 - v^2/c^2`` settles for ``cos(1.5 v/c)``.
+
+    A *scaled* transform searches ``g(s*y/m(x))`` instead, where ``m`` is the output's power-law
+    scale, the monomial of the inputs that fits it best (:func:`fit_monomial`), and maps ``f``
+    back to ``s * m * inverse(f)``. What a search must build shrinks to the law's dimensionless
+    part: ``E = m c^2 / sqrt(1 - v^2/c^2)`` scales as ``m c^2``, and the inverse square of
+    ``E / (m c^2)`` is ``1 - v^2/c^2``, five nodes where the inverse square of ``E`` takes fifteen.
     """
 
     name: str
@@ -194,6 +204,8 @@ class Transform:
     nonzero: bool = False
     #: the vocabulary of the search (intersected with the engine's own); None: the engine's
     operators: tuple[str, ...] | None = ARITHMETIC
+    #: search ``g(s*y/m(x))``, ``m`` the output's monomial scale (``fit_monomial``)
+    scaled: bool = False
 
     def sign(self, y: np.ndarray) -> int:
         """``s``: -1 for an output that is nowhere positive, searched as ``g(-y)``."""
@@ -208,8 +220,11 @@ class Transform:
             return bool(np.all(y > 0) or np.all(y < 0))
         return bool((np.all(y >= 0) or np.all(y <= 0)) and np.any(y != 0))
 
-    def back(self, text: str, sign: int) -> str:
-        return ("-" if sign < 0 else "") + self.inverse.format(f=text)
+    def back(self, text: str, sign: int, scale: str | None = None) -> str:
+        """The equation ``text`` found for ``g(s*y)`` (or ``g(s*y/m)``, ``scale`` = ``m``) as
+        an equation for ``y``."""
+        return (("-" if sign < 0 else "") + (f"({scale})*" if scale else "")
+                + self.inverse.format(f=text))
 
 
 TRANSFORMS = {t.name: t for t in (
@@ -218,7 +233,52 @@ TRANSFORMS = {t.name: t for t in (
     Transform("inverse_square", lambda a: 1.0 / np.square(a), "sqrt(1/({f}))", nonzero=True),
     Transform("log", np.log, "exp({f})", nonzero=True,
               operators=ARITHMETIC + ("log",)),
+    Transform("scaled_square", np.square, "sqrt({f})", nonzero=True, scaled=True),
+    Transform("scaled_inverse_square", lambda a: 1.0 / np.square(a), "sqrt(1/({f}))",
+              nonzero=True, scaled=True),
+    Transform("scaled_log", np.log, "exp({f})", nonzero=True,
+              operators=ARITHMETIC + ("log",), scaled=True),
 )}
+
+
+def fit_monomial(X: np.ndarray, y: np.ndarray,
+                 weights: np.ndarray | None = None) -> tuple[int, ...]:
+    """The integer powers ``r`` of the monomial ``prod_k x_k^r_k`` (times a constant) that best
+    fits ``y``: least squares of ``log|y|`` on ``log|x_k|``, each power rounded to the nearest
+    integer. Inputs that change sign or touch 0 have no log and get power 0, as do all of them
+    when ``y`` touches 0. ``weights``: row weights of the fit (e.g. SLIME's proximities).
+
+    On the benchmark's laws the fit returns ``m c^2`` for ``m c^2/sqrt(1 - v^2/c^2)``,
+    ``m v`` for ``m v/sqrt(1 - v^2/c^2)`` and ``1/sigma`` for a Gaussian of width ``sigma``.
+    """
+    X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
+    powers = [0] * X.shape[1]
+    usable = [k for k in range(X.shape[1]) if np.all(X[:, k] > 0) or np.all(X[:, k] < 0)]
+    if not usable or len(y) <= len(usable) or not np.all(np.isfinite(y)) or np.any(y == 0):
+        return tuple(powers)
+    A = np.column_stack([np.ones(len(y))] + [np.log(np.abs(X[:, k])) for k in usable])
+    b = np.log(np.abs(y))
+    if weights is not None:
+        root = np.sqrt(np.asarray(weights, np.float64))
+        A, b = A * root[:, None], b * root
+    coef, *_ = np.linalg.lstsq(A, b, rcond=None)
+    for k, c in zip(usable, coef[1:]):
+        if np.isfinite(c):
+            powers[k] = int(np.rint(c))
+    return tuple(powers)
+
+
+def monomial(powers: tuple[int, ...], names: list[str], X: np.ndarray) -> tuple[str | None, np.ndarray]:
+    """(``m`` as text, ``m`` on the rows of ``X``) for these powers, its sign chosen so that
+    ``m > 0`` on the rows; (None, ones) when every power is 0."""
+    X = np.asarray(X, np.float64)
+    if not any(powers):
+        return None, np.ones(len(X))
+    values = np.prod([X[:, k] ** r for k, r in enumerate(powers) if r], axis=0)
+    expr = sympy.Mul(*[variable(n) ** r for n, r in zip(names, powers) if r])
+    if values[0] < 0:  # each input used keeps one sign, so m does
+        expr, values = -expr, -values
+    return to_text(expr), values
 
 
 def check_transforms(transforms) -> tuple[str, ...]:

@@ -43,9 +43,10 @@ class Operon:
             into one front, that ``convert`` runs unless its ``restarts=`` says otherwise. They
             are separate jobs, so they run in parallel on several cores.
         transforms: transforms of the output searched beside those, for outputs of one sign
-            (``"square"``: y^2, ``"inverse_square"``: 1/y^2, ``"log"``: log|y|), with
-            arithmetic operators only (and ``log`` for the log), their equations mapped back
-            into the same front. A name listed twice is searched twice (or give
+            (``"square"``: y^2, ``"inverse_square"``: 1/y^2, ``"log"``: log|y|, and
+            ``"scaled_..."``: the same of y/m, m the monomial of the inputs that fits y best),
+            with arithmetic operators only (and ``log`` for the log), their equations mapped
+            back into the same front. A name listed twice is searched twice (or give
             ``{name: searches}``); ``convert(transforms=...)`` overrides them.
         transform_generations: generations of each transformed search (None: ``generations``).
             Their vocabulary is small: on five relativistic and Gaussian laws of the benchmark,
@@ -78,7 +79,8 @@ class Operon:
         max_time: float | None = None,
         max_rows: int = 500,
         restarts: int = 2,
-        transforms: Sequence[str] = ("square", "inverse_square", "inverse_square", "log", "log"),
+        transforms: Sequence[str] = ("square", "inverse_square", "scaled_inverse_square", "log",
+                                     "scaled_log"),
         transform_generations: int | None = 75,
         n_threads: int = 1,
         **kwargs,

@@ -11,6 +11,7 @@ import torch.nn as nn
 import symtorch_fx as sfx
 from symtorch_fx import _select
 from symtorch_fx._equations import Equation, ParetoFront
+from symtorch_fx._expr import parse
 
 from conftest import Candidates
 
@@ -291,18 +292,91 @@ def test_each_transform_searches_its_target_and_maps_the_law_back():
         np.testing.assert_allclose(f(*xs.double().numpy().T), y, rtol=1e-6)
 
 
+class Scaled(nn.Module):
+    """y = -x0^2/(x1 sqrt(1 + x0^2 + x1^2)) on positive inputs: y over its monomial scale
+    x0^2/x1 is the negative of what ``Transformed`` gives."""
+
+    def forward(self, x):
+        x0, x1 = x[:, :1], x[:, 1:2]
+        return -x0**2 / x1 * torch.rsqrt(1 + x0**2 + x1**2)
+
+
+class WhatItSawScaled(WhatItSaw):
+    """``WhatItSaw`` that answers a search of ``Scaled`` itself with a poor line."""
+
+    def search(self, X, y, variables, seed, weights=None):
+        law = -X[:, 0] ** 2 / X[:, 1] / np.sqrt(1 + X[:, 0] ** 2 + X[:, 1] ** 2)
+        if np.allclose(y, law, rtol=1e-5, atol=1e-6):
+            self.targets.append(np.asarray(y).copy())
+            return ["0.1*x0"]
+        return super().search(X, y, variables, seed, weights)
+
+
+def test_fit_monomial_finds_the_power_law_scale():
+    from symtorch_fx._distill import fit_monomial, monomial
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.5, 2.0, (500, 3))
+    X[:, 1] -= 1.25  # changes sign: no log, power 0
+    y = 3 * X[:, 0] ** 2 / X[:, 2]
+    assert fit_monomial(X, y) == (2, 0, -1)
+    assert fit_monomial(X, -y) == (2, 0, -1)  # log|y|
+    # E = m c^2/sqrt(1 - v^2/c^2) in the Feynman ranges scales as m c^2; p = m v gamma as m v
+    m, v, c = (rng.uniform(lo, hi, 2000) for lo, hi in ((1, 5), (1, 2), (3, 10)))
+    gamma = 1 / np.sqrt(1 - v**2 / c**2)
+    assert fit_monomial(np.column_stack([m, v, c]), m * c**2 * gamma) == (1, 0, 2)
+    assert fit_monomial(np.column_stack([m, v, c]), m * v * gamma) == (1, 1, 0)
+    # weights decide the fit: all weight on rows where y ~ x0 (x2 small) or y ~ x0^2 (x2 big)
+    X2 = np.column_stack([rng.uniform(1, 3, 400), np.r_[np.full(200, 1e-3), np.full(200, 1e3)]])
+    y2 = X2[:, 0] ** np.where(X2[:, 1] < 1, 1.0, 2.0)
+    w = (X2[:, 1] < 1).astype(float)
+    assert fit_monomial(X2[:, :1], y2, w) == (1,) and fit_monomial(X2[:, :1], y2, 1 - w) == (2,)
+    # y touching 0 has no log: no scale
+    assert fit_monomial(X, np.r_[0.0, y[1:]]) == (0, 0, 0)
+    # the text is the monomial, signed to be positive on the rows
+    neg = -rng.uniform(1, 2, (50, 2))
+    text, values = monomial((1, 2), ["a", "b"], neg)
+    assert np.all(values > 0) and np.allclose(values, -neg[:, 0] * neg[:, 1] ** 2)
+    assert sympy.simplify(parse(text, {"a": sympy.Symbol("a", real=True),
+                                       "b": sympy.Symbol("b", real=True)})
+                          + sympy.Symbol("a", real=True) * sympy.Symbol("b", real=True) ** 2) == 0
+    assert monomial((0, 0), ["a", "b"], neg)[0] is None
+
+
+def test_each_scaled_transform_searches_the_output_over_its_scale():
+    xs = torch.rand(600, 2) * 1.5 + 0.5
+    y = Scaled()(xs)[:, 0].double().numpy()
+    for transform in ("scaled_square", "scaled_inverse_square", "scaled_log"):
+        engine = WhatItSawScaled()
+        sym = sfx.compile(Wrapper(Scaled()), ["net"], xs, engine=engine, transforms=[transform],
+                          executor="inline", progress=False)
+        assert len(engine.targets) == 2
+        front = sym.equations["net"][0]
+        eq = front.equation
+        assert eq.loss < 1e-12, (transform, eq.text())
+        f = sympy.lambdify(eq.variables, eq.expr, "numpy")
+        np.testing.assert_allclose(f(*xs.double().numpy().T), y, rtol=1e-6)
+        searches = front.info["searches"]
+        assert searches[0]["monomial"] is None
+        x0, x1 = eq.variables
+        assert sympy.simplify(parse(searches[1]["monomial"], {"x0": x0, "x1": x1})
+                              - x0**2 / x1) == 0
+
+
 def test_transforms_need_an_output_of_one_sign():
     from symtorch_fx._distill import TRANSFORMS
 
     pos, neg = np.array([0.5, 2.0, 3.0]), np.array([-0.5, -2.0, -3.0])
     both, zero = np.array([-1.0, 0.0, 2.0]), np.array([0.0, 1.0, 2.0])
-    for name in ("square", "inverse_square", "log"):
+    for name in ("square", "inverse_square", "log", "scaled_square", "scaled_inverse_square",
+                 "scaled_log"):
         t = TRANSFORMS[name]
         assert t.applies(pos) and t.applies(neg) and not t.applies(both)
         assert t.sign(pos) == 1 and t.sign(neg) == -1
-    # a zero is fine under a square root, not under a log or a division
+    # a zero is fine under a square root, not under a log or a division, nor in a scale's fit
     assert TRANSFORMS["square"].applies(zero)
-    assert not TRANSFORMS["inverse_square"].applies(zero) and not TRANSFORMS["log"].applies(zero)
+    assert not any(t.applies(zero) for name, t in TRANSFORMS.items()
+                   if name not in ("square", "identity"))
     # an output that changes sign is searched as it is, once
     engine = BySeed()
     xs = torch.linspace(-2, 2, 400)[:, None]
@@ -321,7 +395,8 @@ def test_transforms_default_to_the_engines_own_and_are_checked():
     sfx.compile(Wrapper(Transformed()), ["net"], xs, engine=told, transforms=(),
                 executor="inline", progress=False)
     assert len(told.targets) == 1
-    assert sfx.Operon().transforms == ("square", "inverse_square", "inverse_square", "log", "log")
+    assert sfx.Operon().transforms == ("square", "inverse_square", "scaled_inverse_square", "log",
+                                       "scaled_log")
     assert getattr(sfx.PySR(), "transforms", ()) == ()
     for bad, why in (("square", "must be a list of names"), (["cube"], "unknown output"),
                      (["identity"], "unknown output"), ({"log": -1}, "number of searches"),
@@ -358,7 +433,7 @@ def test_transformed_searches_get_their_own_budget():
     from symtorch_fx._distill import TRANSFORMS
 
     engine = sfx.Operon(generations=150, transform_generations=60)
-    for name in ("square", "inverse_square", "log"):
+    for name in ("square", "inverse_square", "log", "scaled_inverse_square", "scaled_log"):
         t = TRANSFORMS[name]
         narrowed = engine.for_transform(t)
         assert narrowed.generations == 60 and set(narrowed.operators) <= set(t.operators)
@@ -392,3 +467,38 @@ def test_a_law_reachable_only_through_a_transform_is_recovered():
     x0, x1 = sympy.symbols("x0 x1", real=True)
     chosen = sym.equations["net"][0].equation.expr
     assert equivalent(chosen, -1 / sympy.sqrt(1 + x0**2 + x1**2)), chosen
+
+
+class Energy(nn.Module):
+    """Relativistic energy E = m c^2/sqrt(1 - v^2/c^2), inputs (m, v, c)."""
+
+    def forward(self, x):
+        m, v, c = x[:, :1], x[:, 1:2], x[:, 2:3]
+        return m * c**2 * torch.rsqrt(1 - v**2 / c**2)
+
+
+def test_a_law_reachable_through_its_scale_is_recovered():
+    # the real engine, arithmetic only: 1/E^2 = (c^2 - v^2)/(m^2 c^6) is beyond a short search;
+    # over its scale m c^2 the inverse square is 1 - v^2/c^2, and the front holds the law
+    from conftest import equivalent, fast_engine
+
+    g = torch.Generator().manual_seed(0)
+    lo, hi = torch.tensor([1.0, 1.0, 3.0]), torch.tensor([5.0, 2.0, 10.0])
+    xs = lo + (hi - lo) * torch.rand(2000, 3, generator=g)
+    engine = fast_engine(operators=("add", "sub", "mul", "div", "square"),
+                         transforms=("scaled_inverse_square",))
+    sym = sfx.compile(Wrapper(Energy()), ["net"], xs.double(), engine=engine, progress=False)
+    front = sym.equations["net"][0]
+    m, v, c = sympy.symbols("x0 x1 x2", positive=True)
+    law = m * c**2 / sympy.sqrt(1 - v**2 / c**2)
+
+    def is_law(expr):
+        # sympy proves sqrt(1/u) == 1/sqrt(u) for no u: compare squares, then one value's sign
+        e = expr.xreplace({s: sympy.Symbol(s.name, positive=True) for s in expr.free_symbols})
+        at = {m: 2, v: 1, c: 4}
+        return equivalent(e**2, law**2) and bool(e.subs(at) * law.subs(at) > 0)
+
+    found = [s for s in front.info["searches"] if s["transform"] == "scaled_inverse_square"]
+    assert sympy.simplify(parse(found[0]["monomial"], {"x0": m, "x2": c}) - m * c**2) == 0
+    assert any(is_law(e.expr) for e in front), [e.text() for e in front]
+    assert is_law(front.equation.expr), front.equation.text()
