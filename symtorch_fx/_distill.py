@@ -120,9 +120,12 @@ def canonical_texts(texts: list[str], names: list[str], scale: float,
     of the output, see ``tidy``) and printed; texts that do not parse are kept as they are, for
     the front builder to report.
 
+    A root of an even power is written as a power of ``abs``: ``sqrt(1/u^2)`` as ``1/abs(u)``.
     ``rows``: the recorded inputs. ``abs(u)`` of a ``u`` of one sign on every row is written
-    ``u`` (or ``-u``), which changes no recorded value and saves a node: mapping a search of
-    ``1/y^2`` back takes a square root, and sympy writes ``sqrt(m^2/f)`` as ``abs(m)/sqrt(f)``.
+    ``u`` (or ``-u``), and ``(u^a)^b`` of a ``u > 0`` on every row ``u^(a*b)``; neither changes
+    a recorded value, and each saves nodes the law does not have: mapping a search of ``1/y^2``
+    back takes a square root, and sympy writes ``sqrt(m^2/f)`` as ``abs(m)*sqrt(1/f)``, where
+    the law reads ``m/sqrt(f)``.
 
     Runs in the worker, so that the serial front builder never parses the engine's own text,
     and equations that differ only in how the engine wrote them are merged before it sees them.
@@ -138,28 +141,50 @@ def canonical_texts(texts: list[str], names: list[str], scale: float,
     out: dict[str, None] = {}
     for text in dict.fromkeys(texts):
         try:
-            expr = tidy(parse(text, symbols), scale)
+            expr = _roots_of_even_powers(tidy(parse(text, symbols), scale))
             if walk is not None:
-                expr = _without_needless_abs(expr, walk)
+                expr = _simplified_on_rows(expr, walk)
             out[to_text(expr)] = None
         except EquationSyntaxError:
             out[text] = None
     return list(out)
 
 
-def _without_needless_abs(expr: sympy.Expr, walk) -> sympy.Expr:
-    """``expr`` with each ``abs(u)`` whose ``u`` has one sign on the rows replaced by ``±u``."""
-    for _ in range(3):  # an abs inside a replaced one is met on the next pass
+def _roots_of_even_powers(expr: sympy.Expr) -> sympy.Expr:
+    """``expr`` with each ``(u^2k)^e`` whose ``2k*e`` is an integer written ``|u|^(2k*e)``:
+    ``sqrt(u^2)`` as ``|u|``, ``sqrt(1/u^2)`` as ``1/|u|``. Equal for every real ``u``; sympy
+    does it by itself only where it can prove ``u`` real (not for ``x0 + x1/x2``, which may be
+    undefined)."""
+    def root_of_even_power(node) -> bool:
+        return (node.is_Pow and node.base.is_Pow and node.base.exp.is_Integer
+                and node.base.exp.is_even and (node.base.exp * node.exp).is_Integer)
+
+    return expr.replace(root_of_even_power,
+                        lambda node: sympy.Abs(node.base.base) ** (node.base.exp * node.exp))
+
+
+def _simplified_on_rows(expr: sympy.Expr, walk) -> sympy.Expr:
+    """``expr`` with what the recorded rows settle written out: each ``abs(u)`` whose ``u`` has
+    one sign on the rows as ``u`` or ``-u``, and each ``(u^a)^b`` whose ``u > 0`` on the rows as
+    ``u^(a*b)`` (``sqrt(1/f)`` as ``1/sqrt(f)``), which sympy does only where it can prove the
+    sign for every value of the inputs."""
+    def signs(u) -> tuple[bool, bool]:
+        with np.errstate(all="ignore"):
+            v = walk(u)
+        if not isinstance(v, torch.Tensor):
+            return False, False
+        return bool((v > 0).all()), bool((v < 0).all())
+
+    for _ in range(3):  # an abs or power inside a replaced one is met on the next pass
         repl = {}
         for node in sympy.preorder_traversal(expr):
             if isinstance(node, sympy.Abs) and node.args[0].free_symbols:
-                with np.errstate(all="ignore"):
-                    v = walk(node.args[0])
-                if isinstance(v, torch.Tensor):
-                    if bool((v > 0).all()):
-                        repl[node] = node.args[0]
-                    elif bool((v < 0).all()):
-                        repl[node] = -node.args[0]
+                positive, negative = signs(node.args[0])
+                if positive or negative:
+                    repl[node] = node.args[0] if positive else -node.args[0]
+            elif (node.is_Pow and node.base.is_Pow and not node.exp.is_Integer
+                  and node.base.base.free_symbols and signs(node.base.base)[0]):
+                repl[node] = node.base.base ** (node.base.exp * node.exp)
         if not repl:
             break
         expr = expr.xreplace(repl)

@@ -229,5 +229,37 @@ def test_abs_of_something_of_one_sign_is_written_without_it():
     names = ["m", "q", "z", "v"]
     texts = ["sqrt(1/((1 - v^2)/m^2))", "abs(q)*abs(z)", "abs(m - 2)", "abs(q - abs(m))"]
     got = canonical_texts(texts, names, 1.0, rows)
-    assert got == ["m*sqrt(1/(1 - v^2))", "-q*abs(z)", "abs(m - 2)", "m - q"]
+    # and sqrt(1/f) is 1/sqrt(f) where f > 0 on every row
+    assert got == ["m/sqrt(1 - v^2)", "-q*abs(z)", "abs(m - 2)", "m - q"]
+    assert canonical_texts(["sqrt(1/(v - 1))", "(m^3)^(1/3)", "sqrt(1/(z - v))"], names, 1.0,
+                           rows) == ["sqrt(1/(v - 1))", "m", "sqrt(1/(-v + z))"]
     assert canonical_texts(texts[:1], names, 1.0) == ["sqrt(1/(1 - v^2))*abs(m)"]
+
+
+def test_a_root_of_an_even_power_is_written_as_abs():
+    # I.16.6's 1/y^2 search gives f = (c + u v/c)^2/(c^2 (u + v)^2); mapped back, sqrt(1/f)
+    # keeps a root of a square that is |c + u v/c|: positive on the rows, so written without abs
+    from symtorch_fx._distill import canonical_texts
+    from symtorch_fx._expr import complexity, parse
+
+    names = ["c", "u", "v"]
+    rows = np.array([[3.0, 1.0, 2.0], [5.0, 0.5, 1.5]])
+    text = "c*(u + v)*sqrt(1/(-c - u*v/c)^2)"
+    got = canonical_texts([text], names, 1.0, rows)
+    assert got == ["c*(u + v)/(c + u*v/c)"]
+    syms = {n: sympy.Symbol(n, real=True) for n in names}
+    assert complexity(parse(got[0], syms)) < complexity(parse(text, syms))
+    # a sign change on the rows keeps the abs; without rows the abs is kept too
+    both = np.array([[3.0, 1.0, 2.0], [-5.0, 0.5, 1.5]])
+    assert canonical_texts([text], names, 1.0, both) == ["c*(u + v)/abs(c + u*v/c)"]
+    assert canonical_texts([text], names, 1.0) == ["c*(u + v)/abs(c + u*v/c)"]
+    # an odd power under the root, or a root that leaves no integer power, is left alone
+    # (where nothing says the base is positive)
+    left = ["sqrt(1/(c + u/v)^3)", "((c + u/v)^2)^(1/3)"]
+    assert canonical_texts(left, names, 1.0) == [to_text_of(t, syms) for t in left]
+
+
+def to_text_of(text, syms):
+    from symtorch_fx._expr import parse, tidy, to_text
+
+    return to_text(tidy(parse(text, syms), 1.0))
