@@ -215,7 +215,7 @@ class Transform:
     scale, the monomial of the inputs that fits it best (:func:`fit_monomial`), and maps ``f``
     back to ``s * m * inverse(f)``. What a search must build shrinks to the law's dimensionless
     part: ``E = m c^2 / sqrt(1 - v^2/c^2)`` scales as ``m c^2``, and the inverse square of
-    ``E / (m c^2)`` is ``1 - v^2/c^2``, five nodes where the inverse square of ``E`` takes fifteen.
+    ``E / (m c^2)`` is ``1 - v^2/c^2``, 9 nodes where the inverse square of ``E`` takes 15.
     """
 
     name: str
