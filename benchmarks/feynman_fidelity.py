@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import feynman_suite  # noqa: E402
 import symtorch_fx as sfx  # noqa: E402
 from symtorch_fx import _select  # noqa: E402
+from symtorch_fx._distill import TRANSFORMS  # noqa: E402
 from symtorch_fx._equations import Equation, ParetoFront  # noqa: E402
 from symtorch_fx._expr import parse  # noqa: E402
 
@@ -383,7 +384,7 @@ ABLATIONS = {
     "neither": lambda job: (job["transform"] == "identity", False),
     "one search per transform": lambda job: (job["transform"] == "identity"
                                              or job["repeat"] == 0, True),
-    "no scaled searches": lambda job: (not job["transform"].startswith("scaled_"), True),
+    "no scaled searches": lambda job: (not TRANSFORMS[job["transform"]].scaled, True),
 }
 
 

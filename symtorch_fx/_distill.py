@@ -19,7 +19,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import sympy
@@ -102,11 +102,15 @@ def run_job(engine, job: Job) -> Searched:
     rows = job.X if job.holdout is None else np.concatenate([job.X, job.holdout[0]])
     scored, bad_syntax = None, []
     with one_torch_thread():  # a forked worker must not touch the parent's thread pool
-        texts = canonical_texts([t.back(text, job.sign, m) for text in texts], job.variables,
-                                scale, rows)
+        canonical = _canonicalizer(job.variables, scale, rows)
+
+        def read_back(found: list[str]) -> list[str]:
+            return list(dict.fromkeys(map(canonical, dict.fromkeys(
+                t.back(text, job.sign, m) for text in found))))
+
+        texts = read_back(texts)
         seen = set(texts)
-        pruned = [p for p in canonical_texts([t.back(text, job.sign, m) for text in pruned],
-                                             job.variables, scale, rows) if p not in seen]
+        pruned = [p for p in read_back(pruned) if p not in seen]
         if job.holdout is not None:
             found, bad_syntax = score_texts(texts + pruned, [variable(n) for n in job.variables],
                                             *job.holdout, job.X, canonical=True)
@@ -130,6 +134,12 @@ def canonical_texts(texts: list[str], names: list[str], scale: float,
     Runs in the worker, so that the serial front builder never parses the engine's own text,
     and equations that differ only in how the engine wrote them are merged before it sees them.
     """
+    return list(dict.fromkeys(map(_canonicalizer(names, scale, rows), dict.fromkeys(texts))))
+
+
+def _canonicalizer(names: list[str], scale: float,
+                   rows: np.ndarray | None) -> Callable[[str], str]:
+    """text -> canonical text (see :func:`canonical_texts`), the rows put in columns once."""
     symbols = {n: variable(n) for n in names}
     walk = None
     if rows is not None:
@@ -138,16 +148,17 @@ def canonical_texts(texts: list[str], names: list[str], scale: float,
 
         def walk(e):  # a fresh walk each time: its memo holds a column per subexpression
             return TorchWalk(columns, X)(e)
-    out: dict[str, None] = {}
-    for text in dict.fromkeys(texts):
+
+    def canonical(text: str) -> str:
         try:
             expr = _roots_of_even_powers(tidy(parse(text, symbols), scale))
             if walk is not None:
                 expr = _simplified_on_rows(expr, walk)
-            out[to_text(expr)] = None
+            return to_text(expr)
         except EquationSyntaxError:
-            out[text] = None
-    return list(out)
+            return text
+
+    return canonical
 
 
 def _roots_of_even_powers(expr: sympy.Expr) -> sympy.Expr:
@@ -252,17 +263,17 @@ class Transform:
                 + self.inverse.format(f=text))
 
 
-TRANSFORMS = {t.name: t for t in (
-    Transform(IDENTITY, lambda a: a, "{f}", one_sign=False, operators=None),
+_PLAIN = (
     Transform("square", np.square, "sqrt({f})"),
     Transform("inverse_square", lambda a: 1.0 / np.square(a), "sqrt(1/({f}))", nonzero=True),
     Transform("log", np.log, "exp({f})", nonzero=True,
               operators=ARITHMETIC + ("log",)),
-    Transform("scaled_square", np.square, "sqrt({f})", nonzero=True, scaled=True),
-    Transform("scaled_inverse_square", lambda a: 1.0 / np.square(a), "sqrt(1/({f}))",
-              nonzero=True, scaled=True),
-    Transform("scaled_log", np.log, "exp({f})", nonzero=True,
-              operators=ARITHMETIC + ("log",), scaled=True),
+)
+TRANSFORMS = {t.name: t for t in (
+    Transform(IDENTITY, lambda a: a, "{f}", one_sign=False, operators=None),
+    *_PLAIN,
+    # the same of y/m: fitting m takes log|y|, so y must be nonzero
+    *(replace(t, name=f"scaled_{t.name}", nonzero=True, scaled=True) for t in _PLAIN),
 )}
 
 
