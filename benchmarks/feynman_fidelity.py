@@ -50,11 +50,12 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import feynman_suite  # noqa: E402
+
 import symtorch_fx as sfx  # noqa: E402
-from symtorch_fx import _select  # noqa: E402
-from symtorch_fx._distill import TRANSFORMS  # noqa: E402
-from symtorch_fx._equations import Equation, ParetoFront  # noqa: E402
-from symtorch_fx._expr import parse  # noqa: E402
+from symtorch_fx.expr.equations import Equation, ParetoFront  # noqa: E402
+from symtorch_fx.expr.grammar import parse  # noqa: E402
+from symtorch_fx.search import select as _select  # noqa: E402
+from symtorch_fx.search.transforms import TRANSFORMS  # noqa: E402
 
 N_POINTS = 8192
 STEPS = 8000
@@ -391,7 +392,7 @@ ABLATIONS = {
 def ablate(rec: dict, law, variants) -> dict[str, dict]:
     """``rec``'s front rebuilt from its recorded candidates without some searches or without
     the pruned forms (see ``ABLATIONS``), judged like a run's: one record per variant."""
-    from symtorch_fx._distill import build_front, split_rows
+    from symtorch_fx.search.distill import build_front, split_rows
 
     model, _ = train_net(law, rec["index"])
     X, _ = law_data(law, rec["index"])

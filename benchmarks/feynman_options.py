@@ -15,7 +15,7 @@ candidate equations of several independent searches with the default engine:
 ``analyze`` rebuilds the fronts from those candidates exactly as ``convert`` does and counts,
 per option, how often the chosen equation is the law (recovered out of range, and in exact form;
 see ``feynman_fidelity.py``). The options are selection rules on the random-split front (the
-rules of ``_select`` and candidates for a new default), fronts merged over 1..RESTARTS restarts,
+rules of ``search.select`` and candidates for a new default), fronts merged over 1..RESTARTS restarts,
 and selection on the edge split.
 """
 
@@ -39,11 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import feynman_fidelity as fid  # noqa: E402
 import feynman_suite  # noqa: E402
+
 import symtorch_fx as sfx  # noqa: E402
-from symtorch_fx import _select  # noqa: E402
-from symtorch_fx._api import _job_seed  # noqa: E402
-from symtorch_fx._distill import build_front, pareto, split_rows  # noqa: E402
-from symtorch_fx._equations import scores  # noqa: E402
+from symtorch_fx.api import _job_seed  # noqa: E402
+from symtorch_fx.expr.equations import scores  # noqa: E402
+from symtorch_fx.search import select as _select  # noqa: E402
+from symtorch_fx.search.distill import build_front, pareto, split_rows  # noqa: E402
 
 RESTARTS = 3
 EDGE_QUANTILE = 0.10

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import sympy
 
-from symtorch_fx._expr import parse
+from symtorch_fx.expr.grammar import parse
 
 HERE = Path(__file__).resolve().parent
 VENDORED = HERE / "feynman_laws.csv"

@@ -42,9 +42,10 @@ import types
 import torch
 import torch.nn as nn
 
-from symtorch_fx import _cpu, _fused
-from symtorch_fx._expr import complexity, parse, templatize, variable
-from symtorch_fx._lower import Layout, lower
+from symtorch_fx.expr.grammar import complexity, parse, templatize, variable
+from symtorch_fx.kernels import cpu as _cpu
+from symtorch_fx.kernels import fused as _fused
+from symtorch_fx.kernels.lower import Layout, lower
 
 SUITE = {
     "small": (2, ["1.5*x0*sin(x1)"]),

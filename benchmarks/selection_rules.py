@@ -19,11 +19,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import symtorch_fx as sfx  # noqa: E402
 from conftest import equivalent, mlp, train  # noqa: E402
-from symtorch_fx import _select  # noqa: E402
-from symtorch_fx._distill import build_front  # noqa: E402
-from symtorch_fx._equations import ParetoFront  # noqa: E402
+
+import symtorch_fx as sfx  # noqa: E402
+from symtorch_fx.expr.equations import ParetoFront  # noqa: E402
+from symtorch_fx.search import select as _select  # noqa: E402
+from symtorch_fx.search.distill import build_front  # noqa: E402
 
 x0, x1, x2 = sympy.symbols("x0 x1 x2", real=True)
 LAWS = [

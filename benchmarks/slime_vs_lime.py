@@ -47,8 +47,8 @@ from sklearn import datasets as skd
 from sklearn.model_selection import train_test_split
 
 import symtorch_fx as sfx
-from symtorch_fx._expr import complexity
-from symtorch_fx._slime import DEFAULT_ENGINE
+from symtorch_fx.expr.grammar import complexity
+from symtorch_fx.slime import DEFAULT_ENGINE
 
 REGRESSION = ["diabetes", "friedman1", "friedman2", "friedman3"]
 CLASSIFICATION = ["iris", "wine", "breast_cancer", "digits"]

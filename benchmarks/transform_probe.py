@@ -24,15 +24,16 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import feynman_fidelity as ff  # noqa: E402
 import feynman_suite  # noqa: E402
+
 import symtorch_fx as sfx  # noqa: E402
-from symtorch_fx import _distill  # noqa: E402
+from symtorch_fx.search import distill as _distill  # noqa: E402
+from symtorch_fx.search.transforms import TRANSFORMS  # noqa: E402
 
 #: law -> the transform whose plain and scaled searches are compared
 LAWS = {"I.10.7": "inverse_square", "I.15.1": "inverse_square", "I.34.14": "inverse_square",
@@ -55,7 +56,7 @@ def one(spec: tuple[str, str, int]) -> dict:
     with torch.no_grad():
         Y = model(X)[:, 0].double().numpy()
     X = X.double().numpy()
-    t = _distill.TRANSFORMS[transform]
+    t = TRANSFORMS[transform]
     Xt, Yt = X[:TRAIN_ROWS], Y[:TRAIN_ROWS]
     job = _distill.Job("net", 0, 0, Xt, Yt, [f"x{k}" for k in range(X.shape[1])], seed,
                        transform=transform, sign=t.sign(Yt), prune=True)

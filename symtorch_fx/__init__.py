@@ -8,11 +8,9 @@
     orig = sfx.restore(sym)
 """
 
-from ._api import compile, convert, prepare, restore, run
-from ._backend import Backend, backend
-from ._engine import Engine
-from ._equations import Equation, Equations, ParetoFront, RegionEquations
-from ._errors import (
+from .api import compile, convert, prepare, restore, run
+from .dynamo import Backend, backend
+from .errors import (
     EngineUnavailableError,
     EquationSyntaxError,
     RecordingError,
@@ -21,15 +19,17 @@ from ._errors import (
     TargetError,
     UntraceableModelError,
 )
-from ._instrument import Recorder
-from ._model import SymbolicModel
-from ._operon import Operon
-from ._pysr import PySR
-from ._reduce import PCA, LearnedProjection, Projection
-from ._rewrite import SymbolicModule
-from ._serialize import load, save
-from ._slime import Explanation, explain
-from ._targets import Pattern, pattern
+from .expr.equations import Equation, Equations, ParetoFront, RegionEquations
+from .graph.instrument import Recorder
+from .graph.rewrite import SymbolicModule
+from .graph.targets import Pattern, pattern
+from .model import SymbolicModel
+from .reduce import PCA, LearnedProjection, Projection
+from .search.engine import Engine
+from .search.operon import Operon
+from .search.pysr import PySR
+from .serialize import load, save
+from .slime import Explanation, explain
 
 __version__ = "0.1.0"
 

@@ -10,8 +10,8 @@ import torch
 from hypothesis import Phase, assume
 from hypothesis import strategies as st
 
-from symtorch_fx._expr import parse, substitute, templatize, variable
-from symtorch_fx._lower import Layout, lower
+from symtorch_fx.expr.grammar import parse, substitute, templatize, variable
+from symtorch_fx.kernels.lower import Layout, lower
 
 X = [variable(f"x{i}") for i in range(3)]
 S = {s.name: s for s in X}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from conftest import fast_engine
 
 import symtorch_fx as sfx
-from conftest import fast_engine
 
 
 @pytest.fixture(autouse=True)

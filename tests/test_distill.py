@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import sympy
 import torch
+from conftest import Wrapped, equivalent, fast_engine, train
 
 import symtorch_fx as sfx
-from conftest import Wrapped, equivalent, fast_engine, train
 
 x0, x1 = sympy.symbols("x0 x1", real=True)
 
@@ -62,7 +62,7 @@ def test_equations_report_is_readable(distilled_law):
 def test_complexity_and_loss_are_recomputed_by_us(distilled_law):
     front = distilled_law.equations["mlp"][0]
     for e in front:
-        assert e.complexity == sfx._expr.complexity(e.expr)
+        assert e.complexity == sfx.expr.grammar.complexity(e.expr)
     # loss is MSE on held-out rows against the network: recompute one from scratch
     e = front.equation
     X = np.random.default_rng(0).uniform(-2, 2, (500, 2))
@@ -149,9 +149,9 @@ def test_pysr_without_julia_says_how_to_fix(trained_law, law_data, monkeypatch):
 
 
 def _julia_ready() -> bool:
-    from symtorch_fx._pysr import julia_executable
-
     import importlib.util
+
+    from symtorch_fx.search.pysr import julia_executable
     return importlib.util.find_spec("pysr") is not None and julia_executable() is not None
 
 
@@ -197,8 +197,13 @@ def test_default_process_pool_works_from_a_script_without_main_guard(tmp_path):
 def test_fronts_scored_in_the_workers_equal_fronts_scored_here():
     # convert scores candidates where they were found and parses only the front's texts; the
     # front must be the one build_front gives for the same texts
-    from symtorch_fx._distill import build_front, canonical_texts, front_of_scored, score_texts
-    from symtorch_fx._expr import variable
+    from symtorch_fx.expr.grammar import variable
+    from symtorch_fx.search.distill import (
+        build_front,
+        canonical_texts,
+        front_of_scored,
+        score_texts,
+    )
 
     rng = np.random.default_rng(0)
     X = rng.uniform(0.5, 2, (800, 2))
@@ -223,7 +228,7 @@ def test_fronts_scored_in_the_workers_equal_fronts_scored_here():
 def test_abs_of_something_of_one_sign_is_written_without_it():
     # mapping a 1/y^2 search back writes sqrt(m^2/f) as abs(m)/sqrt(f): a node the law lacks
     # where m > 0 on every recorded row (and -u where u < 0 on every row)
-    from symtorch_fx._distill import canonical_texts
+    from symtorch_fx.search.distill import canonical_texts
 
     rows = np.array([[1.0, -2.0, 0.0, 0.5], [3.0, -0.5, 1.0, 0.1]])  # m q z v
     names = ["m", "q", "z", "v"]
@@ -239,8 +244,8 @@ def test_abs_of_something_of_one_sign_is_written_without_it():
 def test_a_root_of_an_even_power_is_written_as_abs():
     # I.16.6's 1/y^2 search gives f = (c + u v/c)^2/(c^2 (u + v)^2); mapped back, sqrt(1/f)
     # keeps a root of a square that is |c + u v/c|: positive on the rows, so written without abs
-    from symtorch_fx._distill import canonical_texts
-    from symtorch_fx._expr import complexity, parse
+    from symtorch_fx.expr.grammar import complexity, parse
+    from symtorch_fx.search.distill import canonical_texts
 
     names = ["c", "u", "v"]
     rows = np.array([[3.0, 1.0, 2.0], [5.0, 0.5, 1.5]])
@@ -260,6 +265,6 @@ def test_a_root_of_an_even_power_is_written_as_abs():
 
 
 def to_text_of(text, syms):
-    from symtorch_fx._expr import parse, tidy, to_text
+    from symtorch_fx.expr.grammar import parse, tidy, to_text
 
     return to_text(tidy(parse(text, syms), 1.0))

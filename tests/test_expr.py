@@ -9,8 +9,15 @@ import sympy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from symtorch_fx._errors import EquationSyntaxError
-from symtorch_fx._expr import complexity, parse, substitute, templatize, tidy, to_text
+from symtorch_fx.errors import EquationSyntaxError
+from symtorch_fx.expr.grammar import (
+    complexity,
+    parse,
+    substitute,
+    templatize,
+    tidy,
+    to_text,
+)
 
 X = sympy.symbols("x0 x1 x2", real=True)
 S = {s.name: s for s in X}

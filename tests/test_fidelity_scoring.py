@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import feynman_fidelity as fid  # noqa: E402
 import feynman_suite  # noqa: E402
-from symtorch_fx._expr import parse  # noqa: E402
+
+from symtorch_fx.expr.grammar import parse  # noqa: E402
 
 LAWS = {law.name: law for law in feynman_suite._from_csv(feynman_suite.VENDORED.read_text())}
 

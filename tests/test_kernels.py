@@ -28,18 +28,20 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import symtorch_fx as sfx
-from symtorch_fx import _cpu, _fused
-from symtorch_fx._errors import KernelBuildError, SymTorchFXError
-from symtorch_fx._expr import parse, templatize
-from symtorch_fx._lower import AUTO_CPP_MIN_ROWS, Layout, lower
+from symtorch_fx.errors import KernelBuildError, SymTorchFXError
+from symtorch_fx.expr.grammar import parse, templatize
+from symtorch_fx.kernels import cpu as _cpu
+from symtorch_fx.kernels import fused as _fused
+from symtorch_fx.kernels import system
+from symtorch_fx.kernels.lower import AUTO_CPP_MIN_ROWS, Layout, lower
 
 pytestmark = pytest.mark.skipif(not _cpu.available(), reason="needs a C++ compiler on Linux")
 
 
 def test_operator_cases_cover_the_whole_vocabulary():
     # an operator added to the grammar must be added to OP_CASES (and so to every printer)
-    from symtorch_fx._ops import FUNCTIONS, PRINT_NAMES
-    from symtorch_fx._triton import TritonPrinter
+    from symtorch_fx.expr.ops import FUNCTIONS, PRINT_NAMES
+    from symtorch_fx.kernels.triton import TritonPrinter
 
     used = {name for text in OP_CASES for name in re.findall(r"([a-z0-9]+)\(", text)}
     assert sorted(set(FUNCTIONS) - used) == []
@@ -120,7 +122,7 @@ def test_strided_inputs_are_read_in_place():
         "two levels, many rows (threads)": torch.randn(300, 200, 4).transpose(0, 1)[..., 1:],
     }
     for name, x in cases.items():
-        rows = _fused.row_space([x], [True])
+        rows = system.row_space([x], [True])
         assert rows.tensors[0] is x, name  # no copy
         torch.testing.assert_close(f(x, c.float()), ft(x, c.float()), rtol=2e-6, atol=1e-6,
                                    msg=name)
@@ -152,7 +154,7 @@ def test_broadcast_and_featureless_inputs():
 def test_more_than_two_unmergeable_levels_still_compute():
     _, f, c = build(["x0 + 2*x1*x2"], kernel="cpp")
     x = torch.randn(4, 5, 6, 3).permute(2, 0, 1, 3)[:, ::2]  # three levels that cannot merge
-    assert len(_fused._merge(x.shape[:-1], [x.stride()[:-1]])) == 3
+    assert len(system._merge(x.shape[:-1], [x.stride()[:-1]])) == 3
     ft = lower(f.templates, f.layout, X, len(c), "torch")
     torch.testing.assert_close(f(x, c.float()), ft(x, c.float()))
 
@@ -282,7 +284,7 @@ def test_compiles_with_torch_compile_forward_and_backward():
 
 def test_projection_region_runs_the_fused_kernel_between_its_matmuls():
     # a wide region (16 -> 16 features) distilled between 3 input and 2 output components
-    from symtorch_fx._reduce import Projection
+    from symtorch_fx.reduce import Projection
 
     rng = np.random.default_rng(3)
     proj = Projection(in_mean=rng.normal(size=16), in_basis=np.linalg.qr(rng.normal(

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import symtorch_fx as sfx
-from symtorch_fx._expr import parse, templatize
-from symtorch_fx._lower import Layout, torch_function
+from symtorch_fx.expr.grammar import parse, templatize
+from symtorch_fx.kernels.lower import Layout, torch_function
 
 X = sympy.symbols("x0 x1 x2", real=True)
 S = {s.name: s for s in X}
@@ -122,7 +122,7 @@ def test_generated_code_equals_equation_call(vals, text):
 def test_scoring_walk_matches_the_generated_code(text):
     # the front builder scores candidates by walking their trees (no code generated); it must
     # compute what the generated code of the chosen equation computes
-    from symtorch_fx._lower import evaluate
+    from symtorch_fx.kernels.lower import evaluate
 
     e = parse(text, S)
     x = torch.from_numpy(np.random.default_rng(1).uniform(-2, 2, (400, 3)))

@@ -1,16 +1,15 @@
-"""Pruning constants: simpler forms of fitted equations (``_prune``), and their use in convert."""
+"""Pruning constants: simpler forms of fitted equations (``search.prune``), and their use in convert."""
 
 import numpy as np
 import pytest
 import sympy
 import torch
 import torch.nn as nn
+from conftest import Candidates
 
 import symtorch_fx as sfx
-from symtorch_fx._expr import parse, variable
-from symtorch_fx._prune import prune_candidates, simpler_forms
-
-from conftest import Candidates
+from symtorch_fx.expr.grammar import parse, variable
+from symtorch_fx.search.prune import prune_candidates, simpler_forms
 
 x0, x1, x2 = (variable(f"x{i}") for i in range(3))
 SYMS = {"x0": x0, "x1": x1, "x2": x2}

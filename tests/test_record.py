@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import symtorch_fx as sfx
-from symtorch_fx._instrument import Recorder
+from symtorch_fx.graph.instrument import Recorder
 
 
 def test_leading_dims_flattened_and_inputs_concatenated():
@@ -33,7 +33,7 @@ def test_leading_dims_flattened_and_inputs_concatenated():
     np.testing.assert_allclose(X[:, :2], a.reshape(15, 2).numpy(), rtol=1e-6)
     np.testing.assert_allclose(X[:, 2:], b.reshape(15, 4).numpy(), rtol=1e-6)
     assert rec.input_names == ["a", "b"]
-    assert sfx._api.feature_names(rec.input_names, rec.layout) == [
+    assert sfx.api.feature_names(rec.input_names, rec.layout) == [
         "a0", "a1", "b0", "b1", "b2", "b3"]
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import fast_engine
 
 import symtorch_fx as sfx
-from conftest import fast_engine
 
 
 class LowRank(nn.Module):

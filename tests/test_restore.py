@@ -114,7 +114,7 @@ def test_restore_graph_equals_original_trace():
     sym = _symbolic(model, ["ff"], x)
     assert "sfx_symbolic" in str(sym.graph)
     orig = sfx.restore(sym)
-    traced = sfx._trace.trace(model, {"ff"})
+    traced = sfx.graph.trace.trace(model, {"ff"})
     assert str(orig.graph) == str(traced.graph)
     assert "sfx" not in str(orig.graph)
 

@@ -7,13 +7,12 @@ import pytest
 import sympy
 import torch
 import torch.nn as nn
+from conftest import Candidates
 
 import symtorch_fx as sfx
-from symtorch_fx import _select
-from symtorch_fx._equations import Equation, ParetoFront
-from symtorch_fx._expr import parse
-
-from conftest import Candidates
+from symtorch_fx.expr.equations import Equation, ParetoFront
+from symtorch_fx.expr.grammar import parse
+from symtorch_fx.search import select as _select
 
 x = sympy.Symbol("x0", real=True)
 
@@ -96,7 +95,7 @@ def test_equation_nonfinite_on_recorded_rows_is_not_installed():
     xs = torch.linspace(0.01, 2, 400)[:, None]
     xs[7] = -1.0  # one recorded row where log() is not finite
     # a seed whose held-out rows miss row 7: the log form then scores best on held-out rows
-    seed = next(s for s in range(100) if 7 in sfx._distill.split_rows(400, 0.25, s)[0])
+    seed = next(s for s in range(100) if 7 in sfx.search.distill.split_rows(400, 0.25, s)[0])
     engine = Candidates(["x0^2 + 0.001*log(x0)", "x0^2 + 0.01*x0", "x0 + 0.5"])
     with pytest.warns(UserWarning, match="non-finite values on recorded inputs"):
         # (prune=False: pruning would offer x0^2 itself, and this test needs the log form best)
@@ -313,7 +312,7 @@ class WhatItSawScaled(WhatItSaw):
 
 
 def test_fit_monomial_finds_the_power_law_scale():
-    from symtorch_fx._distill import fit_monomial, monomial
+    from symtorch_fx.search.transforms import fit_monomial, monomial
 
     rng = np.random.default_rng(0)
     X = rng.uniform(0.5, 2.0, (500, 3))
@@ -364,7 +363,7 @@ def test_each_scaled_transform_searches_the_output_over_its_scale():
 
 
 def test_transforms_need_an_output_of_one_sign():
-    from symtorch_fx._distill import TRANSFORMS
+    from symtorch_fx.search.transforms import TRANSFORMS
 
     pos, neg = np.array([0.5, 2.0, 3.0]), np.array([-0.5, -2.0, -3.0])
     both, zero = np.array([-1.0, 0.0, 2.0]), np.array([0.0, 1.0, 2.0])
@@ -409,7 +408,7 @@ def test_transforms_default_to_the_engines_own_and_are_checked():
 
 
 def test_a_transform_listed_twice_is_searched_twice_with_distinct_seeds():
-    from symtorch_fx._distill import check_transforms
+    from symtorch_fx.search.transforms import check_transforms
 
     assert check_transforms({"log": 2, "square": 0, "inverse_square": 1}) == (
         "log", "log", "inverse_square")
@@ -430,7 +429,7 @@ def test_a_transform_listed_twice_is_searched_twice_with_distinct_seeds():
 
 
 def test_transformed_searches_get_their_own_budget():
-    from symtorch_fx._distill import TRANSFORMS
+    from symtorch_fx.search.transforms import TRANSFORMS
 
     engine = sfx.Operon(generations=150, transform_generations=60)
     for name in ("square", "inverse_square", "log", "scaled_inverse_square", "scaled_log"):

@@ -10,11 +10,11 @@ import pytest
 import sympy
 import torch
 import torch.nn as nn
+from conftest import equivalent, fast_engine
 
 import symtorch_fx as sfx
-from conftest import equivalent, fast_engine
-from symtorch_fx._distill import build_front
-from symtorch_fx._slime import _tame, refit_constants
+from symtorch_fx.search.distill import build_front
+from symtorch_fx.slime import _tame, refit_constants
 
 x0, x1, x2 = sympy.symbols("x0 x1 x2", real=True)
 
@@ -145,7 +145,7 @@ def test_refit_is_a_weighted_least_squares_fit():
     w = np.where(near, 1.0, 1e-9)
     out = refit_constants(["2.5*x0 + 0.1"], s, X, y, w)
     assert out[0] == "2.5*x0 + 0.1" and len(out) == 2  # the original, then the refit
-    expr = sfx._expr.parse(out[1], {"x0": s[0]})
+    expr = sfx.expr.grammar.parse(out[1], {"x0": s[0]})
     assert equivalent(expr, 3 * s[0] + 1, digits=3)
 
 
@@ -158,10 +158,10 @@ def test_refit_lowers_derivatives_with_numeric_common_subexpressions():
     text = "exp(2)*1.1*x0 + sin(exp(2)) + 0.2"  # d/dc0 = exp(2)*x0, d/dc1 = 1
     out = refit_constants([text], s, X, y, np.ones(50))
     assert len(out) == 2
-    refit = sfx._expr.parse(out[1], {"x0": s[0]})
+    refit = sfx.expr.grammar.parse(out[1], {"x0": s[0]})
     np.testing.assert_allclose(sfx.Equation(refit, 1, 0.0, tuple(s))(X), y, atol=1e-8)
-    fn = sfx._lower.torch_function([sympy.exp(2) * s[0], sympy.exp(2), sympy.sin(sympy.exp(2))],
-                                   sfx._lower.Layout((1,), 3), s, 0)
+    fn = sfx.kernels.lower.torch_function([sympy.exp(2) * s[0], sympy.exp(2), sympy.sin(sympy.exp(2))],
+                                   sfx.kernels.lower.Layout((1,), 3), s, 0)
     got = fn(torch.from_numpy(X), torch.zeros(0, dtype=torch.float64))
     assert got.dtype == torch.float64 and got.shape == (50, 3)
     assert float(got[0, 2]) == math.sin(math.exp(2))  # computed in float64, not float32

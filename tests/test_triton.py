@@ -36,10 +36,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import symtorch_fx as sfx
-from symtorch_fx import _fused, _triton
-from symtorch_fx._errors import SymTorchFXError
-from symtorch_fx._expr import parse
-from symtorch_fx._lower import Layout, lower
+from symtorch_fx.errors import SymTorchFXError
+from symtorch_fx.expr.grammar import parse
+from symtorch_fx.kernels import fused as _fused
+from symtorch_fx.kernels import triton as _triton
+from symtorch_fx.kernels.lower import Layout, lower
 
 INTERPRET = _triton.interpreting()
 CUDA = torch.cuda.is_available() and not INTERPRET

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 
 import sympy
 
-from ._errors import EquationSyntaxError
-from ._ops import CONSTANTS, FUNCTIONS, PRINT_NAMES
+from ..errors import EquationSyntaxError
+from .ops import CONSTANTS, FUNCTIONS, PRINT_NAMES
 
 MAX_TEXT = 200_000
 MAX_DEPTH = 100
@@ -203,6 +203,18 @@ def parse(text: str, symbols: Mapping[str, sympy.Symbol]) -> sympy.Expr:
 # printing (sympy -> grammar text); ``parse(to_text(e)) == e`` for every expression we produce
 
 _PREC_ADD, _PREC_MUL, _PREC_NEG, _PREC_POW, _PREC_ATOM = 1, 2, 2, 3, 4
+
+
+def fraction(mul: sympy.Mul) -> tuple[list[sympy.Expr], list[sympy.Expr]]:
+    """The factors of a product over and under the fraction bar (``x * y**-2`` -> ``[x], [y**2]``),
+    so printers emit one division instead of reciprocals."""
+    num, den = [], []
+    for f in mul.args:
+        if f.is_Pow and f.exp.is_Number and f.exp < 0:
+            den.append(f.base ** (-f.exp))
+        else:
+            num.append(f)
+    return num, den
 
 
 def to_text(expr: sympy.Expr, digits: int | None = None) -> str:

@@ -7,7 +7,7 @@ is generated from sympy trees through the op table below; only whitelisted const
 and local names are positional (``v3``, ``t0``), never taken from user or file text.
 
 ``lower()`` is the seam for the other kernels: ``kernel="torch"`` is this printer; the fused
-kernels (``_triton`` on GPU, ``_cpu`` on CPU, sharing ``_fused``) and the torch code under
+kernels (``kernels.triton`` on GPU, ``kernels.cpu`` on CPU, sharing ``kernels.fused``) and the torch code under
 ``torch.compile`` plug in beside it, and :class:`Lowered` picks one per call.
 """
 
@@ -22,9 +22,14 @@ from dataclasses import dataclass
 import sympy
 import torch
 
-from ._errors import KernelBuildError, SymTorchFXError
-from ._expr import constant_symbol, to_text
-from ._ops import sigmoid
+from ..errors import KernelBuildError, SymTorchFXError
+from ..expr.grammar import constant_symbol, fraction, to_text
+from ..expr.ops import sigmoid
+from . import cpu, fused, triton
+
+# the dispatcher knows its backends by name only; they are handed to it here
+fused.add_backend("cpp", cpu)
+fused.add_backend("triton", triton)
 
 
 @dataclass(frozen=True)
@@ -78,17 +83,6 @@ TORCH_UNARY: dict[type, str] = {
     sympy.ceiling: "torch.ceil",
 }
 
-
-def fraction(mul: sympy.Mul) -> tuple[list[sympy.Expr], list[sympy.Expr]]:
-    """The factors of a product over and under the fraction bar (``x * y**-2`` -> ``[x], [y**2]``),
-    so printers emit one division instead of reciprocals."""
-    num, den = [], []
-    for f in mul.args:
-        if f.is_Pow and f.exp.is_Number and f.exp < 0:
-            den.append(f.base ** (-f.exp))
-        else:
-            num.append(f)
-    return num, den
 
 
 class _TorchPrinter:
@@ -215,7 +209,7 @@ def torch_source(
     the promoted dtype of ``i0`` and ``c``; the caller casts it to the output dtype it needs.
 
     ``variables[k]`` is the sympy symbol of feature ``k`` in ``layout`` order; constants are the
-    symbols ``c0 .. c{n_constants-1}`` and are read from the 1-d tensor ``c``.
+    symbols ``constant_symbol(0 .. n_constants-1)`` and are read from the 1-d tensor ``c``.
     """
     cols = layout.columns()
     if len(variables) != len(cols):
@@ -433,8 +427,8 @@ class Lowered:
       the torch code otherwise.
     * ``"torch"``: the generated torch code (any device, any dtype, differentiable to any order;
       inlined and fused with its neighbours when the whole model is ``torch.compile``-d).
-    * ``"triton"``: the fused Triton kernel (``_triton``); ``"cpp"``: the fused C++ kernel
-      (``_cpu``). Both have a generated backward kernel (first derivatives) and run through
+    * ``"triton"``: the fused Triton kernel (``kernels.triton``); ``"cpp"``: the fused C++ kernel
+      (``kernels.cpu``). Both have a generated backward kernel (first derivatives) and run through
       ``torch.library`` custom ops, so they work in eager mode and inside ``torch.compile``.
     * ``"inductor"``: the torch code under ``torch.compile``.
 
@@ -450,10 +444,8 @@ class Lowered:
         self.kernel = kernel
         self.torch_fn = torch_function(self.templates, layout, self.variables, n_constants)
         self.__symtorch_source__ = self.torch_fn.__symtorch_source__
-        from . import _fused
-
         # registered now, not on first call: torch.compile traces the call, not sympy
-        self.entry = _fused.register(self.templates, self.layout, self.variables, n_constants)
+        self.entry = fused.register(self.templates, self.layout, self.variables, n_constants)
         self._compiled = None
         self._cpp_failed = False
 
@@ -463,17 +455,13 @@ class Lowered:
             return self.kernel
         x = inputs[0]
         if x.device.type == "cuda":
-            from . import _triton
-
             low = all(t.dtype in (torch.float32, torch.float16, torch.bfloat16)
                       for t in (*inputs, c))
-            return "triton" if low and _triton.available() else "torch"
+            return "triton" if low and triton.available() else "torch"
         if x.device.type == "cpu" and not self._cpp_failed:
-            from . import _cpu
-
             rows = x.numel() // (x.shape[-1] if self.layout.inputs[0] is not None else 1)
-            floats = all(t.dtype in _cpu.DTYPES for t in (*inputs, c))
-            if rows >= AUTO_CPP_MIN_ROWS and floats and _cpu.available():
+            floats = all(t.dtype in cpu.DTYPES for t in (*inputs, c))
+            if rows >= AUTO_CPP_MIN_ROWS and floats and cpu.available():
                 return "cpp"
         return "torch"
 
@@ -487,10 +475,8 @@ class Lowered:
             except KernelBuildError as exc:
                 if self.kernel != "auto":
                     raise
-                from ._cpu import warn_unavailable
-
                 self._cpp_failed = True  # "auto" runs the torch code from now on
-                warn_unavailable(str(exc).splitlines()[0])
+                cpu.warn_unavailable(str(exc).splitlines()[0])
         if kind == "inductor":
             if self._compiled is None:
                 self._compiled = torch.compile(self.torch_fn, fullgraph=True)
@@ -500,13 +486,11 @@ class Lowered:
         return y if out_dtype is None else y.to(out_dtype)
 
     def _fused(self, inputs, c, kind: str, dtype: torch.dtype):
-        from . import _fused
-
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, c))
         if grad or torch.compiler.is_compiling() or inputs[0].device.type not in ("cpu", "cuda"):
-            return _fused.fused(list(inputs), c, self.entry.key, kind, dtype)
+            return fused.fused(list(inputs), c, self.entry.key, kind, dtype)
         # nothing to record or trace: skip the custom op's dispatch (about 15 us a call)
-        return _fused.run_forward(_fused._backend(kind), self.entry, list(inputs), c, dtype)
+        return fused.run_forward(fused.backend_named(kind), self.entry, list(inputs), c, dtype)
 
 
 def lower(templates, layout: Layout, variables, n_constants: int, kernel: str = "auto"):

@@ -13,8 +13,8 @@ import os
 import shutil
 import sys
 
-from ._engine import settings_repr
-from ._errors import EngineUnavailableError
+from ..errors import EngineUnavailableError
+from .engine import settings_repr
 
 
 def julia_executable() -> str | None:

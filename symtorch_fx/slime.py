@@ -19,7 +19,7 @@ engines of the distillation pass:
 5. candidates that give NaN/inf, or values far outside the black box's range (a pole of a fitted
    division), anywhere on ``PROBES`` fresh perturbations are dropped: an explanation must hold
    on the whole neighbourhood, not only on the samples. The rest form the Pareto front, and a
-   selection rule (``_select``) picks the equation.
+   selection rule (``search.select``) picks the equation.
 
 On weights: ``Operon`` has no per-row weights, so it searches on rows resampled in proportion to
 their weights (``_engine.resample_by_weight``). For a fixed equation the loss on such a sample is
@@ -44,15 +44,24 @@ import sympy
 import torch
 import torch.nn as nn
 
-from . import _select
-from ._engine import default_restarts
-from ._distill import Job, build_front, pareto, run_jobs, split_rows
-from ._equations import Equation, ParetoFront
-from ._errors import EquationSyntaxError, SymTorchFXError
-from ._expr import constant_symbol, parse, substitute, templatize, tidy, to_text, variable
-from ._lower import Layout, one_torch_thread, torch_function
-from ._ops import CONSTANTS, FUNCTIONS
-from ._operon import Operon
+from .errors import EquationSyntaxError, SymTorchFXError
+from .expr.equations import Equation, ParetoFront
+from .expr.grammar import (
+    constant_symbol,
+    parse,
+    substitute,
+    templatize,
+    tidy,
+    to_text,
+    variable,
+)
+from .expr.ops import CONSTANTS, FUNCTIONS
+from .kernels.lower import Layout, one_torch_thread, torch_function
+from .search import select as rules
+from .search.distill import Job, build_front, pareto, run_jobs, split_rows
+from .search.engine import default_restarts
+from .search.least_squares import levenberg_marquardt, squared_norm
+from .search.operon import Operon
 
 TASKS = ("auto", "regression", "classification")
 
@@ -120,7 +129,7 @@ def explain(
         output: the output column (regression) or class (classification) to explain.
         logits: ``f`` returns logits: a softmax turns them into probabilities first.
         engine: ``sfx.Operon(...)`` (default: ``Operon(**DEFAULT_ENGINE)``) or ``sfx.PySR(...)``.
-        selection: how the equation is picked from the front (see ``_select``). ``"auto"``:
+        selection: how the equation is picked from the front (see ``search.select``). ``"auto"``:
             the highest score ``-dlog(loss)/dcomplexity`` among equations within 1.5x of the
             best held-out loss (PySR's ``"best"``, except that losses below the black box's
             float precision count as equal, so an exact law beats longer exact fits);
@@ -144,9 +153,9 @@ def explain(
         raise SymTorchFXError(f"batch_size must be a positive integer, got {batch_size!r}")
     if restarts is not None and (not isinstance(restarts, int) or restarts < 1):
         raise SymTorchFXError(f"restarts must be a positive integer, got {restarts!r}")
-    if isinstance(selection, str) and selection not in _select.RULES:
+    if isinstance(selection, str) and selection not in rules.RULES:
         raise SymTorchFXError(
-            f"unknown selection {selection!r}; use one of {', '.join(_select.RULES)}, a "
+            f"unknown selection {selection!r}; use one of {', '.join(rules.RULES)}, a "
             "complexity (int) or a callable front -> index"
         )
     names = _feature_names(feature_names, D)
@@ -224,7 +233,7 @@ def explain(
     # the black box is the truth here, known up to float rounding: with this floor as its
     # "noise", "auto" takes the highest score among equations within 1.5x of the best loss
     # (PySR's rule), counting losses below the floor as equal
-    _select.apply(front, selection, noise=NOISE_FLOOR * float(np.average(y**2, weights=w)))
+    rules.apply(front, selection, noise=NOISE_FLOOR * float(np.average(y**2, weights=w)))
     t_front = time.perf_counter() - t0
 
     return Explanation(
@@ -307,7 +316,7 @@ class Explanation:
 
     def select(self, rule) -> Explanation:
         """Choose another equation from the front by ``rule`` (as ``selection=``)."""
-        _select.apply(self.front, rule)
+        rules.apply(self.front, rule)
         return self
 
     def latex(self, digits: int = 4) -> str:
@@ -703,48 +712,37 @@ def refit_constants(texts: list[str], symbols: list[sympy.Symbol], X: np.ndarray
             except (EquationSyntaxError, SymTorchFXError, TypeError, ValueError):
                 continue  # not parseable (build_front reports it) or derivatives not lowerable
 
-            def residuals(c: np.ndarray):
-                with np.errstate(all="ignore"):
-                    G = fn(x, torch.from_numpy(c)).numpy()
-                return sw * (G[:, 0] - yv), sw[:, None] * G[:, 1:]
-
+            values = np.asarray(values, np.float64)
+            fit = _Residuals(fn, x, yv, sw)
+            before = squared_norm(fit.residual(values))
             try:
-                with np.errstate(all="ignore"):
-                    c, improved = _levenberg_marquardt(residuals, np.asarray(values, np.float64),
-                                                       max_iter)
+                c, loss = levenberg_marquardt(fit.residual, fit.jacobian, values, max_iter)
             except Exception:  # noqa: BLE001 - a refit is a polish: on failure keep the original
                 continue
-            if improved:
+            if loss < before:
                 out.append(to_text(substitute(template, c.tolist())))
     return out
 
 
-def _levenberg_marquardt(residuals, c: np.ndarray, max_iter: int) -> tuple[np.ndarray, bool]:
-    """Minimize ``||r(c)||^2`` given ``residuals(c) -> (r, dr/dc)``; (best c, whether it beat the
-    start)."""
-    r, J = residuals(c)
-    loss = float(r @ r)
-    if not (np.isfinite(loss) and np.isfinite(J).all()):
-        return c, False
-    start, lam = loss, 1e-3
-    for _ in range(max_iter):
-        A, b = J.T @ J, J.T @ r
-        damp = np.diag(A).copy() + 1e-12 * (np.trace(A) / len(A) + 1e-300)
-        while lam <= 1e12:
-            try:
-                step = np.linalg.solve(A + lam * np.diag(damp), -b)
-            except np.linalg.LinAlgError:
-                lam *= 10
-                continue
-            r_new, J_new = residuals(c + step)
-            new = float(r_new @ r_new)
-            if np.isfinite(new) and np.isfinite(J_new).all() and new < loss:
-                break
-            lam *= 10
-        else:
-            break  # no step lowers the loss: a minimum, as far as LM can tell
-        gain = loss - new
-        c, r, J, loss, lam = c + step, r_new, J_new, new, max(lam / 10, 1e-12)
-        if gain <= 1e-12 * loss:
-            break
-    return c, loss < start
+class _Residuals:
+    """Weighted residuals of an equation and their exact Jacobian, from one generated function
+    that computes the equation and its derivatives by each constant (last point memoized)."""
+
+    def __init__(self, fn, x: torch.Tensor, y: np.ndarray, sw: np.ndarray):
+        self.fn, self.x, self.y, self.sw = fn, x, y, sw
+        self._at: bytes | None = None
+        self._G: np.ndarray | None = None
+
+    def _values(self, c: np.ndarray) -> np.ndarray:
+        key = c.tobytes()
+        if key != self._at:
+            with np.errstate(all="ignore"):
+                self._G = self.fn(self.x, torch.from_numpy(np.ascontiguousarray(c))).numpy()
+            self._at = key
+        return self._G
+
+    def residual(self, c: np.ndarray) -> np.ndarray:
+        return self.sw * (self._values(c)[:, 0] - self.y)
+
+    def jacobian(self, c: np.ndarray) -> np.ndarray:
+        return self.sw[:, None] * self._values(c)[:, 1:]

@@ -2,7 +2,7 @@
 
 An engine is a small, picklable settings object (sklearn style: every setting in ``__init__``,
 nothing fitted on it) with one method, ``search``, that runs in a worker and returns candidate
-equations as text in the restricted grammar (see ``_expr``). symtorch_fx parses the text and
+equations as text in the restricted grammar (see ``expr.grammar``). symtorch_fx parses the text and
 recomputes complexity and loss itself, so fronts from different engines compare.
 """
 
@@ -22,7 +22,7 @@ class Engine(Protocol):
     # optional, so not members of the protocol: ``restarts``, the independent searches per
     # output that ``convert`` runs and merges unless its ``restarts=`` says otherwise (default 1),
     # ``transforms``, the transforms of the output searched beside them, one search per entry
-    # (default none; see ``_distill.TRANSFORMS``), and ``for_transform(t)``, the engine to use for
+    # (default none; see ``search.transforms.TRANSFORMS``), and ``for_transform(t)``, the engine to use for
     # a search through transform ``t`` (default: the engine, its vocabulary narrowed by
     # ``with_operators(t.operators)`` when it has that method)
 

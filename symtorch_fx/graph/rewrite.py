@@ -21,18 +21,18 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ._errors import SymTorchFXError
-from ._expr import substitute, templatize, to_text, variable
-from ._instrument import Tap, insert_recorders
-from ._lower import Layout, lower
-from ._match import Region
-from ._reduce import Projection
+from ..errors import SymTorchFXError
+from ..expr.grammar import substitute, templatize, to_text, variable
+from ..kernels.lower import Layout, lower
+from ..reduce import Projection
+from .instrument import Tap, insert_recorders
+from .match import Region
 
 
 class SymbolicModule(nn.Module):
     """Computes a region's outputs from its equations. ``constants`` are trainable.
 
-    With a ``projection`` (see ``_reduce``) the equations relate components, not features:
+    With a ``projection`` (see ``reduce``) the equations relate components, not features:
     ``y = out_mean + f((x - in_mean) @ in_basis) @ out_basis.T`` -- two matmuls around the
     fused equations.
     """

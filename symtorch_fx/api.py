@@ -12,29 +12,22 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import _select
-from ._engine import default_restarts, default_transforms
-from ._distill import (
-    TRANSFORMS,
-    Job,
-    Searched,
-    check_transforms,
-    front_of_scored,
-    run_jobs,
-    split_rows,
-)
-from ._equations import ParetoFront
-from ._expr import to_text, variable
-from ._errors import RecordingError, SymTorchFXError, UntraceableModelError
-from ._instrument import Recorder
-from ._lower import Layout
-from ._match import Region, bind_module_sites, match_modules, match_patterns
-from ._model import RegionResult, State, attach, state_of
-from ._ops import CONSTANTS, FUNCTIONS
-from ._reduce import fit_reduction
-from ._rewrite import GraphHost, SwapHost, SymbolicModule
-from ._targets import normalize
-from ._trace import trace
+from .errors import RecordingError, SymTorchFXError, UntraceableModelError
+from .expr.equations import ParetoFront
+from .expr.grammar import to_text, variable
+from .expr.ops import CONSTANTS, FUNCTIONS
+from .graph.instrument import Recorder
+from .graph.match import Region, bind_module_sites, match_modules, match_patterns
+from .graph.rewrite import GraphHost, SwapHost, SymbolicModule
+from .graph.targets import normalize
+from .graph.trace import trace
+from .kernels.lower import Layout
+from .model import RegionResult, State, attach, state_of
+from .reduce import fit_reduction
+from .search import select as rules
+from .search.distill import Job, Searched, front_of_scored, run_jobs, split_rows
+from .search.engine import default_restarts, default_transforms
+from .search.transforms import TRANSFORMS, check_transforms
 
 
 @dataclass
@@ -171,7 +164,7 @@ def convert(
     Args:
         engine: ``sfx.Operon(...)`` (default) or ``sfx.PySR(...)``, or any :class:`Engine`.
         selection: how to choose from each front: ``"auto"`` (the law rather than the network's
-            error; see ``_select``), ``"best"`` (PySR's), ``"accuracy"``, ``"score"``, a
+            error; see ``search.select``), ``"best"`` (PySR's), ``"accuracy"``, ``"score"``, a
             complexity, a callable, or a list of these (one per output).
         noise: the network's error (MSE) on a region's outputs, when known: a number for every
             output, or ``{region: number or [one per output]}``; ``"auto"`` uses it.
@@ -235,7 +228,7 @@ def distill_recordings(
     kernel: str = "auto",
 ) -> dict[str, RegionResult]:
     """Recordings -> fronts -> chosen equations -> SymbolicModules, per region."""
-    from ._operon import Operon
+    from .search.operon import Operon
 
     engine = Operon() if engine is None else engine
     if not hasattr(engine, "search"):
@@ -309,8 +302,8 @@ def distill_recordings(
             fronts.append(ParetoFront(region.name, out_name, front,
                                       info={"searches": search_records(runs, front)}))
         floors = _noise_for(noise, region.name, len(fronts))
-        for front, rule, floor in zip(fronts, _select.per_output(selection, len(fronts)), floors):
-            _select.apply(front, rule, floor)
+        for front, rule, floor in zip(fronts, rules.per_output(selection, len(fronts)), floors):
+            rules.apply(front, rule, floor)
         module = SymbolicModule(region.name, rec.layout, tuple(names), rec.arg_mask,
                                 rec.out_dtype, [f.equation.expr for f in fronts], kernel,
                                 projection)

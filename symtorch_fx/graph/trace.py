@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ._errors import UntraceableModelError
+from ..errors import UntraceableModelError
 
 # torch.nn modules that torch.fx cannot trace through (data-dependent Python inside); they stay
 # leaves even when patterns ask for tracing through torch.nn.
@@ -24,7 +24,7 @@ _OPAQUE_NN = (nn.MultiheadAttention, nn.RNNBase, nn.Transformer, nn.TransformerE
               nn.TransformerDecoder)
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
-_OWN_DIR = os.path.dirname(__file__)
+_OWN_DIR = os.path.dirname(os.path.dirname(__file__))  # the package, not graph/
 
 
 class Tracer(fx.Tracer):
@@ -51,6 +51,7 @@ def trace(model: nn.Module, leaves=frozenset(), through_nn: bool = False) -> fx.
             f"torch.fx cannot trace {type(model).__name__}: {untraceable_construct(e)}"
         ) from e
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
 
 
 def untraceable_construct(exc: BaseException) -> str:

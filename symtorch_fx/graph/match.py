@@ -17,8 +17,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ._errors import TargetError, nearest
-from ._targets import Pattern, TargetSpec
+from ..errors import TargetError, nearest
+from .targets import Pattern, TargetSpec
 
 
 @dataclass

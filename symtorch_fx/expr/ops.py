@@ -1,7 +1,7 @@
 """The equation vocabulary: which functions an equation may use, and what each one is in sympy.
 
-This is the single source of truth for the restricted grammar (``_expr``), and every code printer
-(``_lower`` for torch, ``_triton`` for Triton) keeps its own table keyed by the sympy classes named
+This is the single source of truth for the restricted grammar (``expr.grammar``), and every code printer
+(``kernels.lower`` for torch, ``kernels.triton`` for Triton) keeps its own table keyed by the sympy classes named
 here. Adding an operator means: an entry in ``FUNCTIONS`` (and ``PRINT_NAMES`` if it is a new sympy
 class), then one line in each printer's table.
 """

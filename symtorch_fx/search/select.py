@@ -28,8 +28,8 @@ import math
 import warnings
 from collections.abc import Sequence
 
-from ._equations import Equation, ParetoFront, scores
-from ._errors import SymTorchFXError
+from ..errors import SymTorchFXError
+from ..expr.equations import Equation, ParetoFront, scores
 
 RULES = ("auto", "best", "accuracy", "score")
 

@@ -19,21 +19,18 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import sympy
 import torch
 
-from ._equations import Equation
-from ._errors import EquationSyntaxError, SymTorchFXError
-from ._expr import complexity, parse, tidy, to_text, variable
-from ._lower import TorchWalk, evaluate, one_torch_thread
-from ._prune import prune_candidates
-
-
-#: the name of the search of the output itself (not a transform users list)
-IDENTITY = "identity"
+from ..errors import EquationSyntaxError, SymTorchFXError
+from ..expr.equations import Equation
+from ..expr.grammar import complexity, parse, tidy, to_text, variable
+from ..kernels.lower import TorchWalk, evaluate, one_torch_thread
+from .prune import prune_candidates
+from .transforms import IDENTITY, TRANSFORMS, fit_monomial, monomial
 
 
 @dataclass
@@ -49,7 +46,7 @@ class Job:
     transform: str = IDENTITY
     #: the sign ``s`` of an output searched through a one-sign transform (``g(s*y)``)
     sign: int = 1
-    #: also return simpler forms of the candidates, constants pruned (``_prune``)
+    #: also return simpler forms of the candidates, constants pruned (``search.prune``)
     prune: bool = False
     #: held-out rows ``(X_val, y_val)``: score every candidate in the worker (``Searched.scored``)
     holdout: tuple[np.ndarray, np.ndarray] | None = None
@@ -200,147 +197,6 @@ def _simplified_on_rows(expr: sympy.Expr, walk) -> sympy.Expr:
             break
         expr = expr.xreplace(repl)
     return expr
-
-
-# ----------------------------------------------------------------------------------------------
-# transforms of the output: search g(y) ~ f(x), keep y = g^-1(f(x))
-
-
-#: the vocabulary of transformed searches: rational functions (and squares) of the inputs
-ARITHMETIC = ("add", "sub", "mul", "div", "square")
-
-
-@dataclass(frozen=True)
-class Transform:
-    """A search of ``g(y)`` instead of ``y``; its equations are mapped back through ``g``'s inverse.
-
-    Some laws are far simpler, for a search, after a transform of their value: the inverse
-    square of a relativistic ``m / sqrt(1 - v^2/c^2)`` is a polynomial in ``v/c`` over ``m^2``,
-    the log of a Gaussian a quadratic (plus a log). A transform other than the identity needs an
-    output of one sign ``s``: it searches ``g(s*y)`` and maps an equation ``f`` back to
-    ``s * inverse(f)``. It searches with the few ``operators`` that such structure is made of,
-    for an engine that can narrow its vocabulary (``engine.with_operators``): with ``cos`` at
-    hand a search of ``1 - v^2/c^2`` settles for ``cos(1.5 v/c)``.
-
-    A *scaled* transform searches ``g(s*y/m(x))`` instead, where ``m`` is the output's power-law
-    scale, the monomial of the inputs that fits it best (:func:`fit_monomial`), and maps ``f``
-    back to ``s * m * inverse(f)``. What a search must build shrinks to the law's dimensionless
-    part: ``E = m c^2 / sqrt(1 - v^2/c^2)`` scales as ``m c^2``, and the inverse square of
-    ``E / (m c^2)`` is ``1 - v^2/c^2``, 9 nodes where the inverse square of ``E`` takes 15.
-    """
-
-    name: str
-    #: g, applied to ``s*y`` (values >= 0)
-    forward: Callable[[np.ndarray], np.ndarray]
-    #: g's inverse, as a text template around the equation found: ``"sqrt({f})"``
-    inverse: str
-    #: whether g needs an output of one sign (every transform but the identity)
-    one_sign: bool = True
-    #: whether g needs ``y`` nonzero everywhere (a log), not only of one sign
-    nonzero: bool = False
-    #: the vocabulary of the search (intersected with the engine's own); None: the engine's
-    operators: tuple[str, ...] | None = ARITHMETIC
-    #: search ``g(s*y/m(x))``, ``m`` the output's monomial scale (``fit_monomial``)
-    scaled: bool = False
-
-    def sign(self, y: np.ndarray) -> int:
-        """``s``: -1 for an output that is nowhere positive, searched as ``g(-y)``."""
-        return -1 if self.one_sign and np.all(np.asarray(y) <= 0) else 1
-
-    def applies(self, y: np.ndarray) -> bool:
-        """Whether these recorded values can be searched through this transform."""
-        y = np.asarray(y)
-        if not self.one_sign:
-            return True
-        if self.nonzero:
-            return bool(np.all(y > 0) or np.all(y < 0))
-        return bool((np.all(y >= 0) or np.all(y <= 0)) and np.any(y != 0))
-
-    def back(self, text: str, sign: int, scale: str | None = None) -> str:
-        """The equation ``text`` found for ``g(s*y)`` (or ``g(s*y/m)``, ``scale`` = ``m``) as
-        an equation for ``y``."""
-        return (("-" if sign < 0 else "") + (f"({scale})*" if scale else "")
-                + self.inverse.format(f=text))
-
-
-_PLAIN = (
-    Transform("square", np.square, "sqrt({f})"),
-    Transform("inverse_square", lambda a: 1.0 / np.square(a), "sqrt(1/({f}))", nonzero=True),
-    Transform("log", np.log, "exp({f})", nonzero=True,
-              operators=ARITHMETIC + ("log",)),
-)
-TRANSFORMS = {t.name: t for t in (
-    Transform(IDENTITY, lambda a: a, "{f}", one_sign=False, operators=None),
-    *_PLAIN,
-    # the same of y/m: fitting m takes log|y|, so y must be nonzero
-    *(replace(t, name=f"scaled_{t.name}", nonzero=True, scaled=True) for t in _PLAIN),
-)}
-
-
-def fit_monomial(X: np.ndarray, y: np.ndarray,
-                 weights: np.ndarray | None = None) -> tuple[int, ...]:
-    """The integer powers ``r`` of the monomial ``prod_k x_k^r_k`` (times a constant) that best
-    fits ``y``: least squares of ``log|y|`` on ``log|x_k|``, each power rounded to the nearest
-    integer. Inputs that change sign or touch 0 have no log and get power 0, as do all of them
-    when ``y`` touches 0. ``weights``: row weights of the fit (e.g. SLIME's proximities).
-
-    On the benchmark's laws the fit returns ``m c^2`` for ``m c^2/sqrt(1 - v^2/c^2)``,
-    ``m v`` for ``m v/sqrt(1 - v^2/c^2)`` and ``1/sigma`` for a Gaussian of width ``sigma``.
-    """
-    X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
-    powers = [0] * X.shape[1]
-    usable = [k for k in range(X.shape[1]) if np.all(X[:, k] > 0) or np.all(X[:, k] < 0)]
-    if not usable or len(y) <= len(usable) or not np.all(np.isfinite(y)) or np.any(y == 0):
-        return tuple(powers)
-    A = np.column_stack([np.ones(len(y))] + [np.log(np.abs(X[:, k])) for k in usable])
-    b = np.log(np.abs(y))
-    if weights is not None:
-        root = np.sqrt(np.asarray(weights, np.float64))
-        A, b = A * root[:, None], b * root
-    coef, *_ = np.linalg.lstsq(A, b, rcond=None)
-    for k, c in zip(usable, coef[1:]):
-        if np.isfinite(c):
-            powers[k] = int(np.rint(c))
-    return tuple(powers)
-
-
-def monomial(powers: tuple[int, ...], names: list[str], X: np.ndarray) -> tuple[str | None, np.ndarray]:
-    """(``m`` as text, ``m`` on the rows of ``X``) for these powers, its sign chosen so that
-    ``m > 0`` on the rows; (None, ones) when every power is 0."""
-    X = np.asarray(X, np.float64)
-    if not any(powers):
-        return None, np.ones(len(X))
-    values = np.prod([X[:, k] ** r for k, r in enumerate(powers) if r], axis=0)
-    expr = sympy.Mul(*[variable(n) ** r for n, r in zip(names, powers) if r])
-    if values[0] < 0:  # each input used keeps one sign, so m does
-        expr, values = -expr, -values
-    return to_text(expr), values
-
-
-def check_transforms(transforms) -> tuple[str, ...]:
-    """``transforms`` as a tuple of known names, one entry per search, or an error naming the
-    choices. A name listed twice is searched twice (with different seeds); a mapping
-    ``{name: searches}`` says the same."""
-    if isinstance(transforms, dict):
-        bad = {k: n for k, n in transforms.items()
-               if not isinstance(n, int) or isinstance(n, bool) or n < 0}
-        if bad:
-            raise SymTorchFXError(
-                f"transforms maps each name to a number of searches (0 or more), got {bad!r}"
-            )
-        transforms = [name for name, n in transforms.items() for _ in range(n)]
-    if isinstance(transforms, str) or not isinstance(transforms, (tuple, list)):
-        raise SymTorchFXError(
-            "transforms must be a list of names such as ['square', 'log'] (a name listed "
-            f"twice is searched twice) or a dict {{name: searches}}, got {transforms!r}"
-        )
-    bad = [t for t in transforms if t not in TRANSFORMS or t == IDENTITY]
-    if bad:
-        raise SymTorchFXError(
-            f"unknown output transform(s) {bad!r}; choose from "
-            f"{sorted(set(TRANSFORMS) - {IDENTITY})} (the output itself is always searched)"
-        )
-    return tuple(transforms)
 
 
 class InlineExecutor(cf.Executor):

@@ -22,10 +22,10 @@ import threading
 import sympy
 import torch
 
-from . import _fused
-from ._errors import SymTorchFXError
-from ._expr import constant_symbol
-from ._ops import sigmoid
+from ..errors import SymTorchFXError
+from ..expr.grammar import constant_symbol
+from ..expr.ops import sigmoid
+from . import system
 
 _HELPERS = '''
 @triton.jit
@@ -114,7 +114,7 @@ def _sfx_pow(b, e):
 '''
 
 
-class TritonPrinter(_fused.KernelPrinter):
+class TritonPrinter(system.KernelPrinter):
     UNARY = {
         sympy.sin: "tl.sin({x})",
         sympy.cos: "tl.cos({x})",
@@ -195,12 +195,12 @@ def _join(name: str, items: list[str], lines: list[str]) -> str:
     return items[0]
 
 
-def tiled(system: _fused.System) -> list[int]:
+def tiled(system: system.System) -> list[int]:
     """The tensors that can be loaded as ``[BLOCK, columns]`` tiles (two or more columns)."""
     return [t for t, w in enumerate(system.widths) if w is not None and w >= 2]
 
 
-def source(program: _fused.Program, name: str) -> str:
+def source(program: system.Program, name: str) -> str:
     """The kernel ``name`` for ``program``.
 
     Inputs whose columns are contiguous (``TILE<t>``) are read as one ``[BLOCK, columns]`` tile
@@ -230,7 +230,7 @@ def source(program: _fused.Program, name: str) -> str:
     lines += [f"        o{t} = r * si{t}" for t in tensors]
     names: dict[sympy.Symbol, str] = {}
     rowdep: set[sympy.Symbol] = set()
-    by_tensor: dict[int, list[tuple[int, _fused.Read]]] = {}
+    by_tensor: dict[int, list[tuple[int, system.Read]]] = {}
     for k, rd in enumerate(program.reads):
         by_tensor.setdefault(rd.tensor, []).append((k, rd))
         names[rd.symbol] = f"v{k}"
@@ -321,7 +321,7 @@ def available() -> bool:
     return True
 
 
-def _kernel(entry: _fused.Entry, needs):
+def _kernel(entry: system.Entry, needs):
     """The jitted kernel of ``entry``'s forward (``needs is None``) or backward system."""
     cache_key = ("triton", needs)
     fn = entry.kernels.get(cache_key)
@@ -355,7 +355,7 @@ def _kernel(entry: _fused.Entry, needs):
     return fn
 
 
-def _launch_config(program: _fused.Program, n: int) -> tuple[int, int]:
+def _launch_config(program: system.Program, n: int) -> tuple[int, int]:
     if interpreting():
         block = 16
         while block < min(n, 4096):
@@ -384,9 +384,9 @@ def _check(tensors, c):
 
 
 def run(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums):
-    """Run ``entry``'s forward (``needs is None``) or backward kernel; see ``_fused.run_forward``."""
+    """Run ``entry``'s forward (``needs is None``) or backward kernel; see ``fused.run_forward``."""
     _check(tensors, c)
-    rows = _fused.row_space(tensors, has_dim)
+    rows = system.row_space(tensors, has_dim)
     outs = [torch.empty(rows.shape + s, dtype=d, device=c.device)
             for s, d in zip(out_shapes, out_dtypes)]
     program = entry.program(needs)

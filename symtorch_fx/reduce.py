@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._errors import SymTorchFXError
+from .errors import SymTorchFXError
 
 
 @dataclass

@@ -36,10 +36,10 @@ import warnings
 import sympy
 import torch
 
-from . import _fused
-from ._errors import KernelBuildError, SymTorchFXError
-from ._expr import constant_symbol
-from ._ops import sigmoid
+from ..errors import KernelBuildError, SymTorchFXError
+from ..expr.grammar import constant_symbol
+from ..expr.ops import sigmoid
+from . import system
 
 CHUNK = 2048  # rows per parallel task (a multiple of every SIMD width)
 PARALLEL_ROWS = 32768  # fewer rows than this run on one thread
@@ -112,7 +112,7 @@ inline int64_t row_offset(int64_t r, int64_t n_inner, int64_t so, int64_t si) {
 """
 
 
-class CppPrinter(_fused.KernelPrinter):
+class CppPrinter(system.KernelPrinter):
     SINCOS = True
     UNARY = {
         sympy.sin: "({x}).sin()",
@@ -168,7 +168,7 @@ class CppPrinter(_fused.KernelPrinter):
         return f"V::blendv({tie}, {a}, {u} > {zero})"
 
 
-def source(program: _fused.Program, compute: torch.dtype, in_dtypes, out_dtypes,
+def source(program: system.Program, compute: torch.dtype, in_dtypes, out_dtypes,
            packed: tuple[bool, ...]) -> str:
     """C++ source of ``sfx_kernel(const int64_t* a)``; ``a`` packs, in order: per read tensor
     (data, stride_outer, stride_inner, stride_col), the constants, per output group its data,
@@ -494,7 +494,7 @@ def _build(src: str) -> ctypes.CDLL:
         return lib
 
 
-def _kernel(entry: _fused.Entry, needs, compute, in_dtypes, out_dtypes, packed):
+def _kernel(entry: system.Entry, needs, compute, in_dtypes, out_dtypes, packed):
     key = ("cpp", needs, compute, in_dtypes, out_dtypes, packed)
     fn = entry.kernels.get(key)
     if fn is None:
@@ -516,7 +516,7 @@ def _check(tensors, c):
 
 
 def run(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums):
-    """Run ``entry``'s forward (``needs is None``) or backward kernel; see ``_fused.run_forward``."""
+    """Run ``entry``'s forward (``needs is None``) or backward kernel; see ``fused.run_forward``."""
     call, outs, sums = launch(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums)
     call()
     return outs, sums
@@ -528,7 +528,7 @@ def launch(entry, tensors, has_dim, c, needs, out_shapes, out_dtypes, n_sums):
     into the same buffers (the kernel benchmark times the kernel alone this way, without the
     allocation and first touch of its outputs)."""
     _check(tensors, c)
-    rows = _fused.row_space(tensors, has_dim)
+    rows = system.row_space(tensors, has_dim)
     compute = torch.float64 if any(t.dtype == torch.float64 for t in (*tensors, c)) \
         else torch.float32
     outs = [torch.empty(rows.shape + s, dtype=d) for s, d in zip(out_shapes, out_dtypes)]

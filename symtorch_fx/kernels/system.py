@@ -1,27 +1,25 @@
-"""What the fused kernels share: the row systems they compute, the row space, and the custom ops.
+"""The row systems a fused kernel computes, their row space, and the printer skeleton.
 
 A fused kernel computes a :class:`System`: per-row values read from a few tensors, constants read
 from a vector, per-row outputs written to one or more tensors, and sums over all rows. The forward
 pass of a region is one system (its equations); the backward pass is another, built from sympy
 derivatives (the gradient of every needed input column, and the gradient of every constant as a
-sum over rows). A backend (``_triton`` on GPU, ``_cpu`` on CPU: generated C++) prints a system as one kernel;
-the system itself is printer-independent, so both backends compute the same derivatives.
+sum over rows). A backend (``triton`` on GPU, ``cpu`` on CPU: generated C++) prints a system's
+:class:`Program` as one kernel with its own subclass of :class:`KernelPrinter`; the system itself
+is printer-independent, so both backends compute the same derivatives.
 
 Inputs are used where they lie. :func:`row_space` maps the rows of every input (after
 broadcasting their leading dimensions) onto at most two strided levels, so contiguous, sliced,
 transposed and broadcast inputs all run without a copy; only leading dimensions that cannot be
 merged into two levels are copied.
 
-Both backends run behind two ``torch.library`` custom ops (``symtorch_fx::fused`` and
-``symtorch_fx::fused_backward``) with fake implementations and a registered autograd formula,
-so a fused region works in eager mode, under ``torch.autograd`` and inside ``torch.compile``.
-A region's system is looked up by a key made from its expression structure, so the ops carry
-only a string.
+This module is what the backends import. The dispatcher (``fused``: the registry of entries and
+the ``torch.library`` ops) imports the backends' ``run`` through its backend table, never the
+other way round.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,9 +27,8 @@ from dataclasses import dataclass, field
 import sympy
 import torch
 
-from ._errors import SymTorchFXError
-from ._expr import constant_symbol, to_text
-from ._lower import fraction
+from ..errors import SymTorchFXError
+from ..expr.grammar import constant_symbol, fraction
 
 # ----------------------------------------------------------------------------------------------
 # systems
@@ -245,7 +242,7 @@ def _merge(shape, strides):
 
 
 # ----------------------------------------------------------------------------------------------
-# the registry and the custom ops
+# a region's systems, built once per expression structure
 
 
 @dataclass
@@ -286,142 +283,6 @@ class Entry:
 
 
 _REGISTRY: dict[str, Entry] = {}
-_REGISTRY_LOCK = threading.Lock()
-
-
-def register(templates, layout, variables, n_constants) -> Entry:
-    text = "|".join([*(to_text(t) for t in templates), repr(layout),
-                     ",".join(v.name for v in variables), str(n_constants)])
-    key = hashlib.sha256(text.encode()).hexdigest()[:24]
-    with _REGISTRY_LOCK:
-        e = _REGISTRY.get(key)
-        if e is None:
-            e = _REGISTRY[key] = Entry(key, layout,
-                                       forward_system(templates, layout, variables, n_constants))
-    return e
-
-
-def _entry(key: str) -> Entry:
-    try:
-        return _REGISTRY[key]
-    except KeyError:
-        raise SymTorchFXError(
-            f"no fused kernel is registered under {key!r} in this process; build the "
-            "SymbolicModule (or load the model) before calling the compiled graph") from None
-
-
-def _backend(name: str):
-    if name == "triton":
-        from . import _triton
-
-        return _triton
-    if name == "cpp":
-        from . import _cpu
-
-        return _cpu
-    raise SymTorchFXError(f"unknown fused backend {name!r}")
-
-
-def _lead(entry: Entry, inputs) -> tuple[int, ...]:
-    leads = [tuple(t.shape[:-1]) if n is not None else tuple(t.shape)
-             for t, n in zip(inputs, entry.layout.inputs)]
-    return tuple(torch.broadcast_shapes(*leads))
-
-
-def run_forward(backend, entry: Entry, inputs, c, out_dtype):
-    """The region's outputs through ``backend.run`` (one output group, no sums)."""
-    layout = entry.layout
-    shape = () if layout.outputs is None else (layout.outputs,)
-    has_dim = [n is not None for n in layout.inputs]
-    (out,), _ = backend.run(entry, inputs, has_dim, c, None, [shape], [out_dtype], 0)
-    return out
-
-
-def run_backward(backend, entry: Entry, inputs, c, grad, needs):
-    """Gradients through ``backend.run``: one group per needed input, then the constants'."""
-    layout = entry.layout
-    has_dim = [n is not None for n in layout.inputs] + [layout.outputs is not None]
-    shapes, dtypes = [], []
-    for x, n, need in zip(inputs, layout.inputs, needs):
-        if need:
-            shapes.append(() if n is None else (n,))
-            dtypes.append(x.dtype)
-    n_sums = entry.forward.n_constants if needs[-1] else 0
-    outs, sums = backend.run(entry, [*inputs, grad], has_dim, c, needs, shapes, dtypes, n_sums)
-    if needs[-1]:
-        outs.append(sums[:, :n_sums].sum(0).to(c.dtype))
-    return outs
-
-
-@torch.library.custom_op("symtorch_fx::fused", mutates_args=())
-def fused(inputs: list[torch.Tensor], c: torch.Tensor, key: str, backend: str,
-          out_dtype: torch.dtype) -> torch.Tensor:
-    """Every output of a region in one kernel (``backend``: ``"triton"`` or ``"cpp"``)."""
-    return run_forward(_backend(backend), _entry(key), list(inputs), c, out_dtype)
-
-
-@fused.register_fake
-def _fused_fake(inputs, c, key, backend, out_dtype):
-    entry = _entry(key)
-    extra = () if entry.layout.outputs is None else (entry.layout.outputs,)
-    return inputs[0].new_empty(_lead(entry, inputs) + extra, dtype=out_dtype)
-
-
-@torch.library.custom_op("symtorch_fx::fused_backward", mutates_args=())
-def fused_backward(inputs: list[torch.Tensor], c: torch.Tensor, grad: torch.Tensor, key: str,
-                   backend: str, needs: list[bool]) -> list[torch.Tensor]:
-    """Gradients of a region's outputs: one tensor per needed input (at the broadcast leading
-    shape, in the input's dtype), then the constants' gradient if ``needs[-1]``."""
-    return run_backward(_backend(backend), _entry(key), list(inputs), c, grad, tuple(needs))
-
-
-@fused_backward.register_fake
-def _fused_backward_fake(inputs, c, grad, key, backend, needs):
-    entry = _entry(key)
-    lead = _lead(entry, inputs)
-    out = [x.new_empty(lead + (() if n is None else (n,)))
-           for x, n, need in zip(inputs, entry.layout.inputs, needs) if need]
-    if needs[-1]:
-        out.append(c.new_empty(c.shape))
-    return out
-
-
-def _setup(ctx, inputs, output):
-    inputs_, c, key, backend, _ = inputs
-    ctx.save_for_backward(*inputs_, c)
-    ctx.key, ctx.backend = key, backend
-
-
-def _backward(ctx, grad):
-    *inputs, c = ctx.saved_tensors
-    need_in, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    needs = [bool(n) for n in need_in] + [bool(need_c)]
-    if not any(needs):
-        return [None] * len(inputs), None, None, None, None
-    outs = list(fused_backward(inputs, c, grad, ctx.key, ctx.backend, needs))
-    grads_in = []
-    for x, need in zip(inputs, need_in):
-        if need:
-            g = outs.pop(0)
-            grads_in.append(g if g.shape == x.shape else g.sum_to_size(x.shape))
-        else:
-            grads_in.append(None)
-    grad_c = outs.pop(0) if need_c else None
-    return grads_in, grad_c, None, None, None
-
-
-torch.library.register_autograd("symtorch_fx::fused", _backward, setup_context=_setup)
-
-
-def _no_double_backward(ctx, *grads):
-    raise SymTorchFXError(
-        "second derivatives through a fused symbolic kernel are not supported; build the "
-        "model with kernel='torch' (differentiable to any order) for double backward")
-
-
-torch.library.register_autograd("symtorch_fx::fused_backward", _no_double_backward,
-                                setup_context=lambda ctx, inputs, output: None)
-
 
 # ----------------------------------------------------------------------------------------------
 # the printer skeleton both backends share; each backend's op table and syntax are its own

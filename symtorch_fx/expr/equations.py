@@ -10,7 +10,7 @@ import numpy as np
 import sympy
 import torch
 
-from ._expr import to_text
+from .grammar import to_text
 
 
 def _round(expr: sympy.Expr, digits: int) -> sympy.Expr:
@@ -56,7 +56,7 @@ class Equation:
 
     def __call__(self, X) -> np.ndarray:
         """Evaluate on rows ``X`` of shape (n, n_features) (float64)."""
-        from ._lower import evaluate
+        from ..kernels.lower import evaluate
 
         x = torch.as_tensor(np.asarray(X, dtype=np.float64))
         if x.ndim == 1:

@@ -19,8 +19,17 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
-from ._errors import EquationSyntaxError
-from ._expr import complexity, constant_symbol, parse, templatize, tidy, to_text, variable
+from ..errors import EquationSyntaxError
+from ..expr.grammar import (
+    complexity,
+    constant_symbol,
+    parse,
+    templatize,
+    tidy,
+    to_text,
+    variable,
+)
+from .least_squares import levenberg_marquardt, squared_norm
 
 #: values a constant may be fixed at: each removes the constant (and ``1*``, ``+ 0`` vanish)
 FIXED_VALUES = (0.0, 1.0, -1.0)
@@ -149,10 +158,7 @@ class _Fit:
         return (self._eval(c[None])[0] - self.y) * self.sw
 
     def loss(self, c: np.ndarray) -> float:
-        r = self.residual(c)
-        with np.errstate(all="ignore"):
-            v = float(np.dot(r, r))
-        return v if np.isfinite(v) else np.inf
+        return squared_norm(self.residual(c))
 
     def jacobian(self, c: np.ndarray, free: list[int]) -> np.ndarray:
         h = 1e-6 * np.maximum(1.0, np.abs(c[free]))
@@ -164,44 +170,18 @@ class _Fit:
 
     def refit(self, c: np.ndarray, free: list[int],
               iterations: int = 40) -> tuple[np.ndarray, float]:
-        """Levenberg-Marquardt on the ``free`` constants from ``c``: (constants, loss).
+        """Least squares of the ``free`` constants from ``c``, the others held: (constants, loss)."""
+        c = np.asarray(c, np.float64)
 
-        (Its damping schedule differs from ``_slime._levenberg_marquardt``'s; the pruning
-        figures in RESULTS.md were measured with this one.)
-        """
-        c = c.copy()
-        r = self.residual(c)
-        with np.errstate(all="ignore"):
-            loss = float(np.dot(r, r)) if np.all(np.isfinite(r)) else np.inf
-        if not free or not np.isfinite(loss):
-            return c, loss
-        lam = 1e-3
-        for _ in range(iterations):
-            J = self.jacobian(c, free)
-            if not np.all(np.isfinite(J)):
-                break
-            g, H = J.T @ r, J.T @ J
-            damp = np.diag(H).copy() + 1e-12
-            improved = False
-            while lam < 1e10:
-                try:
-                    step = np.linalg.solve(H + lam * np.diag(damp), -g)
-                except np.linalg.LinAlgError:
-                    lam *= 10
-                    continue
-                trial = c.copy()
-                trial[free] += step
-                r2 = self.residual(trial)
-                with np.errstate(all="ignore"):
-                    l2 = float(np.dot(r2, r2)) if np.all(np.isfinite(r2)) else np.inf
-                if l2 < loss:
-                    improved = loss - l2 > 1e-10 * loss
-                    c, r, loss, lam = trial, r2, l2, max(lam / 3, 1e-12)
-                    break
-                lam *= 4
-            if not improved:
-                break
-        return c, loss
+        def full(cf: np.ndarray) -> np.ndarray:
+            out = c.copy()
+            out[free] = cf
+            return out
+
+        cf, loss = levenberg_marquardt(lambda cf: self.residual(full(cf)),
+                                       lambda cf: self.jacobian(full(cf), free),
+                                       c[free], iterations)
+        return full(cf), loss
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch.fx as fx
 import torch.nn as nn
 
-from ._errors import TargetError
+from ..errors import TargetError
 
 
 class Pattern:

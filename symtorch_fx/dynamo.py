@@ -39,13 +39,13 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ._equations import Equations
-from ._errors import SymTorchFXError, TargetError, nearest
-from ._instrument import Recorder, insert_recorders
-from ._match import Region, dynamo_path, match_dynamo
-from ._model import RegionResult, SymbolicModel
-from ._rewrite import SymbolicModule, replace_sites
-from ._targets import normalize
+from .errors import SymTorchFXError, TargetError, nearest
+from .expr.equations import Equations
+from .graph.instrument import Recorder, insert_recorders
+from .graph.match import Region, dynamo_path, match_dynamo
+from .graph.rewrite import SymbolicModule, replace_sites
+from .graph.targets import normalize
+from .model import RegionResult, SymbolicModel
 
 
 def _compiler(compiler):
@@ -84,7 +84,7 @@ class Backend:
     def __init__(self, targets=None, equations=None, *, model: nn.Module | None = None,
                  compiler="inductor", kernel: str = "torch", max_samples: int = 10_000,
                  seed: int = 0, **distill_kwargs):
-        from ._lower import KERNELS
+        from .kernels.lower import KERNELS
 
         if kernel not in KERNELS:
             raise SymTorchFXError(f"kernel={kernel!r} is not one of {', '.join(KERNELS)}")
@@ -185,7 +185,7 @@ class Backend:
 
     def distill(self, **kwargs) -> Equations:
         """Distill what the compiled graphs recorded; they then run the equations."""
-        from ._api import distill_recordings
+        from .api import distill_recordings
 
         if not self.recording:
             raise SymTorchFXError("this backend already has equations; nothing to distill")
@@ -217,7 +217,7 @@ class Backend:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the equations (``sfx.load(path, model)`` or ``sfx.backend(equations=path)``)."""
-        from ._serialize import write
+        from .serialize import write
 
         if self.recording:
             raise SymTorchFXError("nothing to save yet: call distill() first")
@@ -228,7 +228,7 @@ class _Facade(SymbolicModel):
     """Lets the backend reuse SymbolicModel's equations/use logic (it has the same state)."""
 
     def __init__(self, backend: Backend):
-        from ._model import State
+        from .model import State
 
         self._sfx = State(_BackendHost(backend), backend.results, backend.modes)
 
@@ -311,8 +311,8 @@ def _rekerneled(module: SymbolicModule, kernel: str) -> SymbolicModule:
 def _results_from(equations) -> tuple[dict[str, RegionResult], dict[str, str]]:
     """The regions' results and their modes (a region a symbolic model runs as ``"neural"``
     stays neural in the backend too, as it does when saved and loaded)."""
-    from ._model import state_of
-    from ._serialize import read
+    from .model import state_of
+    from .serialize import read
 
     if isinstance(equations, (str, os.PathLike)):
         return read(equations)

@@ -3,7 +3,7 @@
 The file holds, per region: how to find it in the model again, its input/output layout, variable
 names, every equation on every front as text in the restricted grammar (the chosen ones with
 their tuned constants), the chosen index and the rule, and whether it runs symbolic or neural.
-Loading parses that text with our own parser (``_expr.parse``); a file whose equations step
+Loading parses that text with our own parser (``expr.grammar.parse``); a file whose equations step
 outside the grammar -- ``__import__('os')`` and the like -- is rejected before anything runs.
 """
 
@@ -17,15 +17,15 @@ import re
 import torch
 import torch.nn as nn
 
-from ._equations import Equation, ParetoFront
-from ._errors import EquationSyntaxError, SerializationError, UntraceableModelError
-from ._expr import complexity, parse, variable
-from ._lower import Layout
-from ._match import Region, Site, bind_module_sites, op_key
-from ._reduce import Projection
-from ._model import RegionResult, State, attach, state_of
-from ._rewrite import GraphHost, SwapHost, SymbolicModule
-from ._trace import trace
+from .errors import EquationSyntaxError, SerializationError, UntraceableModelError
+from .expr.equations import Equation, ParetoFront
+from .expr.grammar import complexity, parse, variable
+from .graph.match import Region, Site, bind_module_sites, op_key
+from .graph.rewrite import GraphHost, SwapHost, SymbolicModule
+from .graph.trace import trace
+from .kernels.lower import Layout
+from .model import RegionResult, State, attach, state_of
+from .reduce import Projection
 
 FORMAT = "symtorch_fx"
 VERSION = 1

@@ -21,8 +21,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ._errors import RecordingError
-from ._lower import Layout
+from ..errors import RecordingError
+from ..kernels.lower import Layout
 
 CHUNK_ROWS = 1 << 16
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import torch.fx as fx
 import torch.nn as nn
 
-from . import _select
-from ._equations import Equations, ParetoFront, RegionEquations
-from ._errors import SymTorchFXError, nearest
-from ._match import Region
-from ._rewrite import SymbolicModule
+from .errors import SymTorchFXError, nearest
+from .expr.equations import Equations, ParetoFront, RegionEquations
+from .graph.match import Region
+from .graph.rewrite import SymbolicModule
+from .search import select as rules
 
 MODES = ("neural", "symbolic")
 
@@ -84,7 +84,7 @@ class SymbolicModel:
 
         ``sym.select("enc.0.mlp", complexity=[5, 9])`` takes, per output, the most accurate
         equation of at most that complexity; ``sym.select(rule="accuracy")`` re-applies a rule
-        (see ``_select``) to every region. Returns the model.
+        (see ``search.select``) to every region. Returns the model.
         """
         if (complexity is None) == (rule is None):
             raise SymTorchFXError("select() takes either complexity= or rule=, not both or neither")
@@ -92,8 +92,8 @@ class SymbolicModel:
         for name in self._regions([target] if target else []):
             res = self._sfx.results[name]
             res.sync()
-            for front, r in zip(res.fronts, _select.per_output(how, len(res.fronts))):
-                _select.apply(front, r)
+            for front, r in zip(res.fronts, rules.per_output(how, len(res.fronts))):
+                rules.apply(front, r)
             res.module.set_equations([f.equation.expr for f in res.fronts])
         return self
 

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._distill import check_transforms
-from ._engine import resample_by_weight, settings_repr
-from ._errors import EngineUnavailableError, SymTorchFXError
-from ._ops import BINARY_OPERATORS, UNARY_OPERATORS
+from ..errors import EngineUnavailableError, SymTorchFXError
+from ..expr.ops import BINARY_OPERATORS, UNARY_OPERATORS
+from .engine import resample_by_weight, settings_repr
+from .transforms import check_transforms
 
 # Operon's names for what it can build; ours map onto them one to one except where noted.
 _OPERON_SYMBOLS = {
@@ -130,7 +130,7 @@ class Operon:
 
     def with_operators(self, operators: Sequence[str]) -> "Operon":
         """This engine with its vocabulary narrowed to ``operators`` (those it has), as the
-        searches of a transformed output ask (see ``_distill.Transform``)."""
+        searches of a transformed output ask (see ``search.transforms.Transform``)."""
         import copy
 
         narrowed = copy.copy(self)
@@ -146,7 +146,7 @@ class Operon:
         return narrowed
 
     def for_transform(self, transform) -> "Operon":
-        """This engine as it searches through ``transform`` (``_distill.Transform``): the
+        """This engine as it searches through ``transform`` (``search.transforms.Transform``): the
         vocabulary narrowed to the transform's operators (see :meth:`with_operators`) and
         ``transform_generations`` generations."""
         engine = self.with_operators(transform.operators)
