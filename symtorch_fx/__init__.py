@@ -5,7 +5,13 @@
     import symtorch_fx as sfx
     sym = sfx.compile(model, targets=["blocks.*.mlp"], sample_inputs=batches)
     print(sym.equations)
-    orig = sfx.restore(sym)
+    orig = sfx.restore(sym)  # the model itself
+
+The public API is what this module re-exports (``__all__``). The subpackages -- ``graph``
+(trace, match, instrument, rewrite), ``search`` (engines, distill, prune, select), ``kernels``
+(lower and the fused kernels), ``expr`` (op table, grammar, equations) -- and every module and
+name they hold are internal, as are the user-facing modules' own helpers: they may change in any
+release.
 """
 
 from .api import compile, convert, prepare, restore, run

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
+import tempfile
+import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,8 +17,7 @@ import torch.nn as nn
 
 from .errors import RecordingError, SymTorchFXError, UntraceableModelError
 from .expr.equations import ParetoFront
-from .expr.grammar import to_text, variable
-from .expr.ops import CONSTANTS, FUNCTIONS
+from .expr.grammar import reserved, to_text, variable
 from .graph.instrument import Recorder
 from .graph.match import Region, bind_module_sites, match_modules, match_patterns
 from .graph.rewrite import GraphHost, SwapHost, SymbolicModule
@@ -64,7 +66,7 @@ def _build_host(model: nn.Module, targets) -> GraphHost | SwapHost:
     regions += match_patterns(gm, specs, taken)
     if not regions:
         raise SymTorchFXError("none of the targets is called by the model's forward")
-    return GraphHost(gm, regions, through_nn=bool(patterns))
+    return GraphHost(gm, regions, through_nn=bool(patterns), model=model)
 
 
 def prepare(model: nn.Module, targets, *, max_samples: int = 10_000, seed: int = 0) -> nn.Module:
@@ -81,6 +83,8 @@ def prepare(model: nn.Module, targets, *, max_samples: int = 10_000, seed: int =
     host = _build_host(model, targets)
     recorders = {r.name: Recorder(r.name, max_samples, seed + i)
                  for i, r in enumerate(host.regions)}
+    for rec in recorders.values():  # a recorder warns when it records in training mode
+        rec.train(model.training)
     if isinstance(host, GraphHost):
         by_name = {n.name: n for n in host.root.graph.nodes}
         for r in host.regions:
@@ -113,7 +117,7 @@ def feature_names(input_names: list[str], layout: Layout) -> list[str]:
     else:
         prefixes = []
         for i in range(n):
-            p = re.sub(r"\W", "_", input_names[i]) if i < len(input_names) else f"in{i}"
+            p = re.sub(r"[^A-Za-z0-9_]", "_", input_names[i]) if i < len(input_names) else f"in{i}"
             p = p if p and not p[0].isdigit() else f"in{i}"
             while p in prefixes:
                 p += "_"
@@ -125,8 +129,7 @@ def feature_names(input_names: list[str], layout: Layout) -> list[str]:
         else:
             sep = "_" if p[-1].isdigit() else ""
             names.extend(f"{p}{sep}{j}" for j in range(w))
-    return [n + "_" if (n in FUNCTIONS or n in CONSTANTS or re.fullmatch(r"c\d+", n)) else n
-            for n in names]
+    return [n + "_" if reserved(n) else n for n in names]
 
 
 def output_names(layout: Layout) -> list[str]:
@@ -158,6 +161,8 @@ def convert(
     validation: float = 0.25,
     seed: int = 0,
     kernel: str = "auto",
+    allow_wide: bool = False,
+    checkpoint: str | os.PathLike | None = None,
 ) -> nn.Module:
     """Distill every recorded region and return the symbolic model.
 
@@ -198,16 +203,61 @@ def convert(
             kernel on CPU batches of 4096+ rows, the torch code otherwise), ``"torch"``,
             ``"triton"``, ``"cpp"`` or ``"inductor"``; ``SymbolicModule.kernel`` switches it
             later. See README, "Running the equations".
+        allow_wide: distill regions with more than ``MAX_SEARCHES_PER_REGION`` searches
+            (wide layers, one search per output) without ``reduce``; refused by default, since
+            a 640 -> 2048 -> 640 MLP would queue 1,280 searches.
+        checkpoint: where to save the fronts if anything fails after the search (default: a
+            file in the temporary directory, named in the error).
     """
     st = _prepared_state(prepared)
+    _dry_run(st)
     results = distill_recordings(
         st.regions, st.recorders, engine=engine, selection=selection, noise=noise,
         restarts=restarts, transforms=transforms, prune=prune, reduce=reduce,
         executor=executor, progress=progress,
-        validation=validation, seed=seed, kernel=kernel)
+        validation=validation, seed=seed, kernel=kernel, allow_wide=allow_wide)
     modes = {name: "symbolic" for name in results}
-    sym = st.host.symbolic({k: r.module for k, r in results.items()}, modes)
+    try:
+        sym = st.host.symbolic({k: r.module for k, r in results.items()}, modes)
+    except Exception as e:
+        _keep_search(e, results, st.host, checkpoint)
+        raise
     return attach(sym, State(st.host, results, modes))
+
+
+def _dry_run(st: PreparedState) -> None:
+    """Rewrite the model once with placeholder equations (zeros), before any search runs, so
+    that whatever the rewrite can fail on fails now and costs no search."""
+    placeholders = {}
+    for r in st.regions:
+        rec = st.recorders[r.name]
+        if rec.layout is None:
+            continue  # distill_recordings reports the target that recorded nothing
+        names = tuple(f"v{i}" for i in range(rec.layout.n_features))
+        placeholders[r.name] = SymbolicModule(r.name, rec.layout, names, rec.arg_mask,
+                                              rec.out_dtype, [0] * rec.layout.n_outputs,
+                                              "torch")
+    if len(placeholders) == len(st.regions):
+        st.host.symbolic(placeholders, {name: "symbolic" for name in placeholders})
+
+
+def _keep_search(e: BaseException, results: dict, host, checkpoint) -> None:
+    """A failure after the search: the fronts go with the exception (``e.sfx_results``) and
+    into a checkpoint file that ``sfx.load(path, model)`` reads, named in the message."""
+    e.sfx_results = results
+    path = checkpoint or os.path.join(tempfile.gettempdir(), f"symtorch_fx-{os.getpid()}-"
+                                                             f"{int(time.time())}.sfx")
+    try:
+        from .serialize import write
+
+        write(path, results, {name: "symbolic" for name in results}, host=host.kind,
+              class_name=host.class_name, through_nn=getattr(host, "through_nn", False))
+    except Exception as err:  # noqa: BLE001 - the original error is the one to report
+        e.add_note(f"symtorch_fx: the search finished, but its fronts could not be saved "
+                   f"({err}); they are in this exception's .sfx_results")
+    else:
+        e.add_note(f"symtorch_fx: the search finished; its fronts are saved in {path} "
+                   "(sfx.load(path, model) reads them) and in this exception's .sfx_results")
 
 
 def distill_recordings(
@@ -226,6 +276,7 @@ def distill_recordings(
     validation: float = 0.25,
     seed: int = 0,
     kernel: str = "auto",
+    allow_wide: bool = False,
 ) -> dict[str, RegionResult]:
     """Recordings -> fronts -> chosen equations -> SymbolicModules, per region."""
     from .search.operon import Operon
@@ -283,7 +334,20 @@ def distill_recordings(
                                     sign=t.sign(Y[:, k]), prune=prune,
                                     holdout=(X[val], Y[val, k])))
 
+    _check_width(jobs, allow_wide)
     searched = run_jobs(engine, jobs, executor=executor, progress=progress)
+    try:
+        return _results_of(regions, recorders, data, jobs, searched, engine, selection, noise,
+                           kernel)
+    except Exception as e:
+        e.sfx_searched = list(zip(jobs, searched))
+        e.add_note("symtorch_fx: the search finished; every search's candidates are in this "
+                   "exception's .sfx_searched (job, result) pairs")
+        raise
+
+
+def _results_of(regions, recorders, data, jobs, searched, engine, selection, noise,
+                kernel) -> dict[str, RegionResult]:
     by_output: dict[tuple[str, int], list[tuple[Job, Searched]]] = {}
     for job, s in zip(jobs, searched):
         by_output.setdefault((job.region, job.output), []).append((job, s))
@@ -316,6 +380,25 @@ def distill_recordings(
     return results
 
 
+#: searches one region may queue without ``allow_wide=True`` (8 outputs of the default Operon)
+MAX_SEARCHES_PER_REGION = 64
+
+
+def _check_width(jobs: list[Job], allow_wide: bool) -> None:
+    """Refuse a region wide enough to queue more than ``MAX_SEARCHES_PER_REGION`` searches
+    (unless ``allow_wide``). The progress bar says how many run, and their time as they go."""
+    per_region: dict[str, int] = {}
+    for j in jobs:
+        per_region[j.region] = per_region.get(j.region, 0) + 1
+    wide = {r: n for r, n in per_region.items() if n > MAX_SEARCHES_PER_REGION}
+    if wide and not allow_wide:
+        r, n = next(iter(wide.items()))
+        raise SymTorchFXError(
+            f"target {r!r} would queue {n} searches (one set per output; the limit without "
+            f"allow_wide=True is {MAX_SEARCHES_PER_REGION}). Distil a few components of a wide "
+            "layer instead: reduce=sfx.PCA(inputs=8, outputs=4); or pass allow_wide=True")
+
+
 def search_records(runs: list[tuple[Job, Searched]], front: list) -> list[dict]:
     """``ParetoFront.info["searches"]``: what each search of an output gave and which of the
     front's equations it found (indices; the mean at 0 comes from no search), so that a law
@@ -328,6 +411,7 @@ def search_records(runs: list[tuple[Job, Searched]], front: list) -> list[dict]:
         out.append({
             "transform": job.transform, "seed": job.seed, "seconds": round(s.seconds, 3),
             "monomial": s.monomial, "equations": s.texts, "pruned": s.pruned,
+            "error": s.error,
             "on_front": [i for i, t in enumerate(texts) if t in mine],
         })
     return out
@@ -354,22 +438,47 @@ def _job_seed(seed: int, region: int, output: int, restart: int) -> int:
     return int(np.random.SeedSequence([seed, region, output, restart]).generate_state(1)[0])
 
 
-def run(prepared: nn.Module, batches, collect: bool = False) -> list | None:
+def run(prepared: nn.Module, batches, collect: bool = False, mode: str = "eval") -> list | None:
     """Run ``batches`` through ``prepared`` without gradients: a tensor is one batch; an
     iterable yields batches, each a tensor, a tuple of positional inputs, or a dict of keyword
-    inputs (inputs only: drop labels from (x, y) pairs). ``collect``: return the outputs."""
+    inputs (inputs only: drop labels from (x, y) pairs). ``collect``: return the outputs.
+
+    ``mode``: ``"eval"`` (default) records what the trained network computes: every module runs
+    in eval mode (no dropout, batch norm from its running statistics), and each module's own
+    mode is put back afterwards. ``"train"`` records in training mode on purpose; the running
+    statistics and every other buffer the forward changes are put back afterwards, so the
+    user's model is left as it was either way.
+    """
+    if mode not in ("eval", "train"):
+        raise SymTorchFXError(f"mode={mode!r}: record in 'eval' (default) or 'train' mode")
     batches = _batches(batches)
+    modules = list(prepared.modules())
+    flags = [m.training for m in modules]
+    buffers = ([(b, b.detach().clone()) for b in prepared.buffers()] if mode == "train" else [])
+    recorders = [m for m in modules if isinstance(m, Recorder)]
     outs = []
-    with torch.no_grad():
-        for b in batches:
-            if isinstance(b, dict):
-                out = prepared(**b)
-            elif isinstance(b, (tuple, list)):
-                out = prepared(*b)
-            else:
-                out = prepared(b)
-            if collect:
-                outs.append(out)
+    try:
+        prepared.train(mode == "train")
+        for r in recorders:
+            r.train_mode_ok = mode == "train"
+        with torch.no_grad():
+            for b in batches:
+                if isinstance(b, dict):
+                    out = prepared(**b)
+                elif isinstance(b, (tuple, list)):
+                    out = prepared(*b)
+                else:
+                    out = prepared(b)
+                if collect:
+                    outs.append(out)
+    finally:
+        for m, flag in zip(modules, flags):
+            m.training = flag
+        for r in recorders:
+            r.train_mode_ok = False
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
     return outs if collect else None
 
 
@@ -391,6 +500,7 @@ def compile(  # noqa: A001 - the verb users expect: sfx.compile
     *,
     labels=None,
     max_samples: int = 10_000,
+    record_mode: str = "eval",
     **convert_kwargs,
 ) -> nn.Module:
     """``prepare`` + run ``sample_inputs`` + ``convert``, in one call. See :func:`convert` for
@@ -401,11 +511,15 @@ def compile(  # noqa: A001 - the verb users expect: sfx.compile
     the network is from the law. It applies to a single target that produces the model's output
     (checked on the first batch: the target must run once and the model return its output
     unchanged); for other targets pass ``noise={target: mse}``.
+
+    ``record_mode``: ``"eval"`` (default: the model runs in eval mode while it is recorded, and
+    every module's mode is put back after) or ``"train"`` (see :func:`run`). Either way the
+    model's parameters and buffers are left as they were.
     """
     prepared = prepare(model, targets, max_samples=max_samples,
                        seed=convert_kwargs.get("seed", 0))
     if labels is None:
-        run(prepared, sample_inputs)
+        run(prepared, sample_inputs, mode=record_mode)
         return convert(prepared, **convert_kwargs)
     if "noise" in convert_kwargs:
         raise SymTorchFXError("pass labels= or noise=, not both")
@@ -417,10 +531,10 @@ def compile(  # noqa: A001 - the verb users expect: sfx.compile
     seen: list[torch.Tensor] = []
     hook = st.recorders[region.name].register_forward_hook(lambda mod, a, out: seen.append(out))
     try:
-        outs = run(prepared, [] if first is None else [first], collect=True)
+        outs = run(prepared, [] if first is None else [first], collect=True, mode=record_mode)
     finally:
         hook.remove()
-    outs += run(prepared, batches, collect=True)
+    outs += run(prepared, batches, collect=True, mode=record_mode)
     convert_kwargs["noise"] = _noise_from_labels(prepared, outs, labels)
     _check_target_is_output(region, seen, outs[0])
     return convert(prepared, **convert_kwargs)
@@ -471,6 +585,7 @@ def _noise_from_labels(prepared, outs: list, labels) -> dict[str, list[float]]:
 
 
 def restore(sym: nn.Module) -> nn.Module:
-    """The original model back: the original graph (or modules) and bit-identical outputs.
-    Parameters are shared with ``sym``, so neural parts trained through ``sym`` stay trained."""
+    """The user's own model back (the object given to ``compile``/``prepare``/``load``), with
+    bit-identical outputs. Parameters are shared with ``sym``, so neural parts trained through
+    ``sym`` stay trained; every submodule, buffer, alias and tied weight is there."""
     return state_of(sym).host.restore(sym)

@@ -42,8 +42,8 @@ import torch.nn as nn
 from .errors import SymTorchFXError, TargetError, nearest
 from .expr.equations import Equations
 from .graph.instrument import Recorder, insert_recorders
-from .graph.match import Region, dynamo_path, match_dynamo
-from .graph.rewrite import SymbolicModule, replace_sites
+from .graph.match import Region, assign_slugs, dynamo_path, match_dynamo
+from .graph.rewrite import SymbolicModule, fits_output, replace_sites
 from .graph.targets import normalize
 from .model import RegionResult, SymbolicModel
 
@@ -137,6 +137,7 @@ class Backend:
         for r in regions:
             if self.recording and r.name not in self.recorders:
                 rec = Recorder(r.name, self.max_samples, self.seed + len(self.recorders))
+                rec.train(self.model.training if self.model is not None else False)
                 self.recorders[r.name] = rec
             self.regions.setdefault(r.name, r)
             if not self.recording:
@@ -160,6 +161,13 @@ class Backend:
                     f"the equations for {region.name!r} were distilled for inputs of widths "
                     f"{list(widths)}, but in this model {region.name!r} receives tensors of "
                     f"shapes {got}; the saved equations do not belong to this model"
+                )
+            out = by_name[site.output].meta.get("example_value")
+            if isinstance(out, torch.Tensor) and not fits_output(out.shape, module.layout):
+                raise SymTorchFXError(
+                    f"the equations for {region.name!r} give {module.layout.n_outputs} output(s) "
+                    f"a row, but in this model {region.name!r} returns shape {tuple(out.shape)}; "
+                    "the saved equations do not belong to this model"
                 )
 
     def check(self) -> None:
@@ -252,6 +260,7 @@ class _CompiledGraph:
         self.gm = gm
         self.example_inputs = example_inputs
         self.regions = regions
+        assign_slugs(regions)
         self._impl = None
         self._version = -1
         self._calls = 0

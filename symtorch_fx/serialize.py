@@ -3,8 +3,16 @@
 The file holds, per region: how to find it in the model again, its input/output layout, variable
 names, every equation on every front as text in the restricted grammar (the chosen ones with
 their tuned constants), the chosen index and the rule, and whether it runs symbolic or neural.
-Loading parses that text with our own parser (``expr.grammar.parse``); a file whose equations step
-outside the grammar -- ``__import__('os')`` and the like -- is rejected before anything runs.
+Loading parses that text with our own parser (``expr.grammar.parse``); a file whose equations
+step outside the grammar -- ``__import__('os')`` and the like -- is rejected before anything runs.
+
+A file is data from anywhere. Every field is checked against a strict grammar before it is used:
+names (regions, modules, graph nodes, variables, outputs) are identifiers or qualified
+identifiers, never reach generated source unchecked, and the attribute names the rewrite uses are
+derived from them safely and uniquely (``graph.match.assign_slugs``); kernels, dtypes, modes and
+rules come from fixed lists; numbers are numbers. The work of reading is bounded: the file's
+size, the nesting of its JSON, the tokens of each equation and of the whole file. Anything else
+is a :class:`SerializationError` that names the file and the field.
 """
 
 from __future__ import annotations
@@ -19,11 +27,25 @@ import torch.nn as nn
 
 from .errors import EquationSyntaxError, SerializationError, UntraceableModelError
 from .expr.equations import Equation, ParetoFront
-from .expr.grammar import complexity, parse, variable
-from .graph.match import Region, Site, bind_module_sites, op_key
+from .expr.grammar import (
+    MAX_TOKENS,
+    check,
+    check_variable_names,
+    complexity,
+    parse,
+    variable,
+)
+from .graph.match import (
+    MODULE_PATH,
+    REGION_NAME,
+    Region,
+    Site,
+    bind_module_sites,
+    op_key,
+)
 from .graph.rewrite import GraphHost, SwapHost, SymbolicModule
 from .graph.trace import trace
-from .kernels.lower import Layout
+from .kernels.lower import KERNELS, Layout
 from .model import RegionResult, State, attach, state_of
 from .reduce import Projection
 
@@ -57,6 +79,10 @@ def write(path, results: dict, modes: dict, *, host: str, class_name: str,
 
 
 def _region_doc(name: str, res, mode: str) -> dict:
+    if not REGION_NAME.match(name):
+        raise SerializationError(
+            f"region {name!r} cannot be saved: a saved region name is a qualified module name "
+            "(letters, digits, _ and dots); rename the module")
     res.sync()
     r, m = res.region, res.module
     return {
@@ -87,20 +113,56 @@ def _num(v: float):
     return v if math.isfinite(v) else str(v)
 
 
+#: the largest file ``load`` reads
+MAX_FILE_BYTES = 64 * 2**20
+#: equation tokens in one file (one region of an LLM's PCA surrogate has a few thousand)
+MAX_FILE_TOKENS = 2_000_000
+
+
 def _read_doc(path) -> tuple[dict, list[tuple]]:
     try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except json.JSONDecodeError as e:
+        size = os.path.getsize(path)
+        _expect(size <= MAX_FILE_BYTES, f"{path} is {size} bytes; symtorch_fx files are at most "
+                                        f"{MAX_FILE_BYTES} bytes")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise SerializationError(f"cannot read {path}: {e}") from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SerializationError(f"{path} is not a symtorch_fx file (not UTF-8 text: {e})") from e
+    try:
+        doc = json.loads(text, parse_constant=_no_constant)
+    except RecursionError as e:  # the C scanner's guard: nothing deeper is read
+        raise SerializationError(f"{path} is not a symtorch_fx file (JSON nested too deeply)") from e
+    except ValueError as e:  # JSONDecodeError, NaN/Infinity literals
         raise SerializationError(f"{path} is not a symtorch_fx file (invalid JSON: {e})") from e
     _expect(isinstance(doc, dict) and doc.get("format") == FORMAT,
             f"{path} is not a symtorch_fx file (no 'format': '{FORMAT}' header)")
     _expect(doc.get("version") == VERSION,
             f"{path} has format version {doc.get('version')!r}; this symtorch_fx reads {VERSION}")
     entries = doc.get("regions")
-    _expect(isinstance(entries, list) and entries, f"{path} lists no regions")
-    _expect(doc.get("host") in ("graph", "swap", "dynamo"), f"{path}: unknown host {doc.get('host')!r}")
-    return doc, [_parse_region(e, path) for e in entries]
+    _expect(isinstance(entries, list) and entries, f"{path}: field 'regions' lists no regions")
+    _expect(_one_of(doc.get("host"), ("graph", "swap", "dynamo")),
+            f"{path}: field 'host' is {_show(doc.get('host'))}; expected graph, swap or dynamo")
+    _expect(isinstance(doc.get("through_nn", False), bool), f"{path}: field 'through_nn' is not "
+                                                            "true or false")
+    budget = [MAX_FILE_TOKENS]
+    parsed = [_parse_region(e, path, k, budget) for k, e in enumerate(entries)]
+    names = [p[0].name for p in parsed]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    _expect(not dup, f"{path}: field 'regions' names region(s) {dup} more than once")
+    return doc, parsed
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _show(v, n: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
 
 
 def _results(parsed: list[tuple], device=None) -> tuple[dict, dict]:
@@ -150,9 +212,12 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         else:
             bind_module_sites([r for r in regions if r.kind in ("module", "model")], gm)
             _check_pattern_sites(gm, [r for r in regions if r.kind == "pattern"], path)
-            host = GraphHost(gm, regions, through_nn)
+            host = GraphHost(gm, regions, through_nn, model)
     p = next(model.parameters(), None)
     results, modes = _results(parsed, p.device if p is not None else None)
+    for r in regions:  # the first call checks the outputs' shape against the model's own
+        if r.kind in ("module", "model"):
+            results[r.name].module.verify_against(model.get_submodule(r.module or ""), str(path))
     sym = host.symbolic({k: r.module for k, r in results.items()}, modes)
     return attach(sym, State(host, results, modes))
 
@@ -162,79 +227,152 @@ def _expect(cond: bool, msg: str) -> None:
         raise SerializationError(msg)
 
 
-def _parse_region(e: dict, path) -> tuple:
-    _expect(isinstance(e, dict), f"{path}: a region entry is not an object")
+def _parse_region(e, path, index: int, budget: list[int]) -> tuple:
+    _expect(isinstance(e, dict), f"{path}: regions[{index}] is not an object")
     name = e.get("name")
-    _expect(isinstance(name, str), f"{path}: a region has no name")
+    _expect(isinstance(name, str) and REGION_NAME.match(name) is not None,
+            f"{path}: regions[{index}].name is {_show(name)}; a region name is a qualified "
+            "module name (letters, digits, _ and dots, e.g. 'blocks.0.mlp'), optionally '#k'")
     where = f"{path}, region {name!r}"
-    kind = e.get("kind")
-    _expect(kind in ("module", "pattern", "model"), f"{where}: unknown kind {kind!r}")
-    lay = e.get("layout") or {}
+
+    def field(key: str, ok, what: str, default=None):
+        v = e.get(key, default)
+        _expect(ok(v), f"{where}: field {key!r} is {_show(v)}; expected {what}")
+        return v
+
+    kind = field("kind", lambda v: _one_of(v, ("module", "pattern", "model")), "module, pattern or model")
+    lay = field("layout", lambda v: isinstance(v, dict), "an object")
     ins, outs = lay.get("inputs"), lay.get("outputs")
-    _expect(isinstance(ins, list) and ins and all(i is None or (isinstance(i, int) and i > 0)
-                                                  for i in ins), f"{where}: bad input layout")
-    _expect(outs is None or (isinstance(outs, int) and outs > 0), f"{where}: bad output layout")
+    _expect(isinstance(ins, list) and 0 < len(ins) <= 64 and all(
+        i is None or (_count(i) and i <= 1 << 20) for i in ins),
+        f"{where}: field 'layout.inputs' is {_show(ins)}; expected a list of feature counts")
+    _expect(outs is None or (_count(outs) and outs <= 1 << 20),
+            f"{where}: field 'layout.outputs' is {_show(outs)}; expected a count or null")
     layout = Layout(tuple(ins), outs)
-    variables = e.get("variables")
     projection = None
     if e.get("projection") is not None:
         try:
             projection = Projection.from_json(e["projection"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise SerializationError(f"{where}: bad projection ({err})") from err
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise SerializationError(f"{where}: field 'projection' is malformed ({err})") from err
         _expect(projection.in_basis.shape[0] == layout.n_features
                 and projection.out_basis.shape[0] == layout.n_outputs,
-                f"{where}: the projection does not fit the region's layout")
+                f"{where}: field 'projection' does not fit the region's layout")
     n_vars = layout.n_features if projection is None else projection.n_inputs
     n_outs = layout.n_outputs if projection is None else projection.n_outputs
-    _expect(isinstance(variables, list) and len(variables) == n_vars
-            and all(isinstance(v, str) and _IDENT.match(v) for v in variables),
-            f"{where}: variables must be {n_vars} identifiers")
-    _expect(len(set(variables)) == len(variables), f"{where}: repeated variable names")
-    dtype = _DTYPES.get(e.get("out_dtype"))
-    _expect(dtype is not None, f"{where}: unknown out_dtype {e.get('out_dtype')!r}")
-    arg_mask = e.get("arg_mask")
-    _expect(isinstance(arg_mask, list) and all(isinstance(b, bool) for b in arg_mask),
-            f"{where}: bad arg_mask")
-    mode = e.get("mode", "symbolic")
-    _expect(mode in ("symbolic", "neural"), f"{where}: unknown mode {mode!r}")
-    kernel = e.get("kernel", "auto")
-    _expect(isinstance(kernel, str), f"{where}: bad kernel")
+    variables = field("variables", lambda v: isinstance(v, list) and len(v) == n_vars,
+                      f"a list of {n_vars} variable names")
+    try:
+        check_variable_names(variables)
+    except EquationSyntaxError as err:
+        raise SerializationError(f"{where}: field 'variables': {err}") from err
+    dtype = _DTYPES.get(field("out_dtype", lambda v: _one_of(v, _DTYPES), f"one of {sorted(_DTYPES)}"))
+    arg_mask = field("arg_mask", lambda v: isinstance(v, list) and len(v) <= 256
+                     and all(isinstance(b, bool) for b in v), "a list of true/false")
+    mode = field("mode", lambda v: _one_of(v, ("symbolic", "neural")), "symbolic or neural", "symbolic")
+    kernel = field("kernel", lambda v: _one_of(v, KERNELS), f"one of {', '.join(KERNELS)}", "auto")
     symbols = {v: variable(v) for v in variables}
-    fronts_doc = e.get("fronts")
-    _expect(isinstance(fronts_doc, list) and len(fronts_doc) == n_outs,
-            f"{where}: expected {n_outs} fronts")
+    fronts_doc = field("fronts", lambda v: isinstance(v, list) and len(v) == n_outs,
+                       f"a list of {n_outs} fronts (one per output)")
     fronts = []
-    for fd in fronts_doc:
-        eqs = []
-        for q in fd.get("equations") or []:
-            text = q.get("expr")
-            try:
-                expr = parse(text, symbols)
-            except EquationSyntaxError as err:
-                raise SerializationError(f"{where}: rejected equation: {err}") from err
-            loss = q.get("loss")
-            loss = float(loss) if isinstance(loss, (int, float, str)) else math.inf
-            eqs.append(Equation(expr, complexity(expr), loss,
-                                tuple(symbols.values()), bool(q.get("finite", True))))
-        _expect(bool(eqs), f"{where}: a front has no equations")
+    for k, fd in enumerate(fronts_doc):
+        at = f"{where}: fronts[{k}]"
+        _expect(isinstance(fd, dict), f"{at} is not an object")
+        eqs_doc = fd.get("equations")
+        _expect(isinstance(eqs_doc, list) and eqs_doc, f"{at}.equations lists no equations")
         chosen = fd.get("chosen", 0)
-        _expect(isinstance(chosen, int) and 0 <= chosen < len(eqs), f"{where}: bad chosen index")
+        _expect(_index(chosen, len(eqs_doc)), f"{at}.chosen is {_show(chosen)}; expected an "
+                                              f"index below {len(eqs_doc)}")
+        eqs = []
+        for m, q in enumerate(eqs_doc):
+            _expect(isinstance(q, dict), f"{at}.equations[{m}] is not an object")
+            text = q.get("expr")
+            _expect(isinstance(text, str), f"{at}.equations[{m}].expr is not text")
+            budget[0] -= len(text) // 2
+            _expect(budget[0] > 0, f"{path}: the equations are longer in all than "
+                                   f"{MAX_FILE_TOKENS} tokens; this is not a file symtorch_fx wrote")
+            loss = _loss(q.get("loss", "inf"))
+            _expect(loss is not None, f"{at}.equations[{m}].loss is {_show(q.get('loss'))}; "
+                                      "expected a number")
+            finite = q.get("finite", True)
+            _expect(isinstance(finite, bool), f"{at}.equations[{m}].finite is not true or false")
+            # the chosen equation is built now; the rest of the front is checked against the
+            # grammar (cheap) and built when first used
+            try:
+                if m == chosen:
+                    expr = parse(text, symbols)
+                    eqs.append(Equation(expr, complexity(expr), loss, tuple(symbols.values()),
+                                        finite))
+                    continue
+                check(text, symbols)
+            except EquationSyntaxError as err:
+                raise SerializationError(f"{at}.equations[{m}].expr: rejected equation: {err}") \
+                    from err
+            cx = q.get("complexity")
+            _expect(_count(cx) and cx <= MAX_TOKENS, f"{at}.equations[{m}].complexity is "
+                                                     f"{_show(cx)}; expected a node count")
+            eqs.append(Equation.from_text(text, tuple(symbols.values()), cx, loss, finite))
         out = fd.get("output")
-        _expect(isinstance(out, str) and _IDENT.match(out), f"{where}: bad output name")
-        fronts.append(ParetoFront(name, out, eqs, chosen, str(fd.get("rule", ""))))
+        _expect(isinstance(out, str) and _IDENT.match(out) is not None,
+                f"{at}.output is {_show(out)}; expected an identifier")
+        rule = fd.get("rule", "")
+        _expect(isinstance(rule, str) and len(rule) <= 200 and rule.isprintable(),
+                f"{at}.rule is {_show(rule)}; expected a short line of text")
+        fronts.append(ParetoFront(name, out, eqs, chosen, rule))
     sites = []
     if kind == "pattern":
-        for s in e.get("sites") or []:
-            _expect(isinstance(s, dict), f"{where}: bad site")
-            sites.append(Site(output=str(s.get("output")), inputs=[str(x) for x in s.get("inputs", [])],
-                              nodes=[str(x) for x in s.get("nodes", [])]))
-        _expect(bool(sites), f"{where}: a pattern region has no sites")
+        sites_doc = field("sites", lambda v: isinstance(v, list) and v,
+                          "a list of the pattern's sites")
+        for k, sd in enumerate(sites_doc):
+            _expect(isinstance(sd, dict), f"{where}: sites[{k}] is not an object")
+            node_names = [sd.get("output"), *_list(sd.get("inputs")), *_list(sd.get("nodes"))]
+            _expect(isinstance(sd.get("inputs"), list) and isinstance(sd.get("nodes"), list)
+                    and all(isinstance(n, str) and _IDENT.match(n) for n in node_names),
+                    f"{where}: sites[{k}] names graph nodes that are not identifiers")
+            sites.append(Site(output=sd["output"], inputs=list(sd["inputs"]),
+                              nodes=list(sd["nodes"])))
     module = e.get("module")
-    _expect(kind == "pattern" or isinstance(module, str), f"{where}: no module path")
+    if kind == "pattern":
+        module = None
+    else:
+        _expect(isinstance(module, str) and MODULE_PATH.match(module) is not None,
+                f"{where}: field 'module' is {_show(module)}; expected a qualified module name")
+    ops = field("ops", lambda v: isinstance(v, list) and all(
+        isinstance(o, str) and len(o) <= 200 and o.isprintable() for o in v), "a list of op names",
+        [])
     region = Region(name=name, kind=kind, spec="loaded", sites=sites or [Site(module=module)],
-                    module=module, ops=[str(o) for o in e.get("ops") or []])
+                    module=module, ops=list(ops))
     return region, layout, tuple(variables), fronts, tuple(arg_mask), dtype, kernel, mode, projection
+
+
+def _one_of(v, choices) -> bool:
+    return isinstance(v, str) and v in choices
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _index(v, n: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n
+
+
+def _list(v) -> list:
+    return v if isinstance(v, list) else []
+
+
+def _loss(v) -> float | None:
+    """A loss as saved: a number, or the text of a non-finite one; None for anything else."""
+    if isinstance(v, bool):
+        return None
+    try:
+        if isinstance(v, (int, float)):
+            return float(v)
+    except OverflowError:  # an integer beyond float range
+        return math.inf
+    if isinstance(v, str) and v.strip().lower() in ("inf", "+inf", "infinity", "nan"):
+        return float(v)
+    return None
 
 
 def _check_pattern_sites(gm, regions, path) -> None:

@@ -49,13 +49,13 @@ from .expr.equations import Equation, ParetoFront
 from .expr.grammar import (
     constant_symbol,
     parse,
+    reserved,
     substitute,
     templatize,
     tidy,
     to_text,
     variable,
 )
-from .expr.ops import CONSTANTS, FUNCTIONS
 from .kernels.lower import Layout, one_torch_thread, torch_function
 from .search import select as rules
 from .search.distill import Job, build_front, pareto, run_jobs, split_rows
@@ -667,10 +667,10 @@ def _feature_names(names, D: int) -> list[str]:
         raise SymTorchFXError(f"{len(names)} feature_names for {D} features; give one per feature")
     out: list[str] = []
     for k, n in enumerate(names):
-        s = re.sub(r"\W+", "_", n).strip("_") or f"x{k}"
+        s = re.sub(r"[^A-Za-z0-9_]+", "_", n).strip("_") or f"x{k}"
         if s[0].isdigit():
             s = "x_" + s
-        if s in FUNCTIONS or s in CONSTANTS or re.fullmatch(r"c\d+", s):
+        if reserved(s):
             s += "_"
         while s in out:
             s += "_"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -228,6 +229,82 @@ def test_a_failed_cpp_build_falls_back_under_auto_and_is_an_error_under_cpp(
         y = f(x, c.float())
     torch.testing.assert_close(y, f.torch_fn(x, c.float()))
     assert f.choose([x], c) == "torch"  # and it does not try again
+
+
+@pytest.mark.parametrize("spoil", ["garbage", "empty", "other source"])
+def test_a_spoiled_cache_entry_is_rebuilt(monkeypatch, tmp_path, spoil):
+    import hashlib
+    import shutil
+
+    texts = ["x0*x1 + 0.125*cos(x2)"]
+    x = torch.randn(AUTO_CPP_MIN_ROWS, 3)
+    monkeypatch.setenv("SYMTORCH_FX_CACHE", str(tmp_path / "a"))
+    monkeypatch.setattr(_cpu, "_LIBS", {})
+    _, f, c = build(texts, kernel="cpp")
+    f.entry.kernels.clear()  # built in this cache, whatever other tests built before
+    y = f(x, c.float())
+    (name,) = [n for n in os.listdir(_cpu.cache_dir()) if n.endswith(".so")]
+    _, g, cg = build(["x0 - x1*x2"], kernel="cpp")
+    g.entry.kernels.clear()
+    g(x, cg.float())
+    (other,) = [n for n in os.listdir(_cpu.cache_dir()) if n.endswith(".so") and n != name]
+    # a second cache, as another process finds it (fresh files: the loaded ones stay intact)
+    shutil.copytree(_cpu.cache_dir(), tmp_path / "b" / "cpu")
+    monkeypatch.setenv("SYMTORCH_FX_CACHE", str(tmp_path / "b"))
+    so = os.path.join(_cpu.cache_dir(), name)
+    if spoil == "other source":  # a working library of another equation, its hash agreeing
+        with open(os.path.join(_cpu.cache_dir(), other), "rb") as fh:
+            data = fh.read()
+        with open(so + ".sha256", "w") as fh:
+            fh.write(hashlib.sha256(data).hexdigest())
+    else:
+        data = b"" if spoil == "empty" else os.urandom(4096)
+    with open(so, "wb") as fh:
+        fh.write(data)
+    monkeypatch.setattr(_cpu, "_LIBS", {})
+    f.entry.kernels.clear()
+    _, f, c = build(texts, kernel="auto")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        torch.testing.assert_close(f(x, c.float()), y)
+    if spoil != "other source":
+        assert not seen and f.choose([x], c) == "cpp"  # rebuilt and loaded
+    # either way the entry on disk is ours again, for the next process
+    with open(so, "rb") as fh:
+        rebuilt = fh.read()
+    assert rebuilt != data
+    with open(so + ".sha256") as fh:
+        assert fh.read() == hashlib.sha256(rebuilt).hexdigest()
+
+
+def test_an_unusable_cache_directory_falls_back_once_under_auto(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("SYMTORCH_FX_CACHE", str(blocker / "cache"))
+    monkeypatch.setattr(_cpu, "_LIBS", {})
+    _, f, c = build(["x0*x1 - 0.625*cos(x2)"])
+    f.entry.kernels.clear()
+    x = torch.randn(AUTO_CPP_MIN_ROWS, 3)
+    with pytest.warns(RuntimeWarning, match="SYMTORCH_FX_CACHE"):
+        y = f(x, c.float())
+    torch.testing.assert_close(y, f.torch_fn(x, c.float()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning, then the torch code quietly
+        f(x, c.float())
+
+
+def test_the_cache_directory_is_private(monkeypatch, tmp_path):
+    monkeypatch.setenv("SYMTORCH_FX_CACHE", str(tmp_path / "c"))
+    monkeypatch.setattr(_cpu, "_LIBS", {})
+    _, f, c = build(["x0*x1 + 0.875*sin(x2)"], kernel="cpp")
+    f.entry.kernels.clear()
+    f(torch.randn(8, 3), c.float())
+    assert os.stat(_cpu.cache_dir()).st_mode & 0o777 == 0o700
+    os.chmod(_cpu.cache_dir(), 0o777)  # loosened by someone: tightened before the next load
+    monkeypatch.setattr(_cpu, "_LIBS", {})
+    f.entry.kernels.clear()
+    f(torch.randn(8, 3), c.float())
+    assert os.stat(_cpu.cache_dir()).st_mode & 0o777 == 0o700
 
 
 def test_auto_runs_cpp_on_large_cpu_batches_and_torch_on_small():

@@ -10,7 +10,7 @@ import numpy as np
 import sympy
 import torch
 
-from .grammar import to_text
+from .grammar import parse, to_text
 
 
 def _round(expr: sympy.Expr, digits: int) -> sympy.Expr:
@@ -20,7 +20,6 @@ def _round(expr: sympy.Expr, digits: int) -> sympy.Expr:
     return expr.xreplace({f: sympy.Float(f"{float(f):.{digits}g}", digits) for f in floats})
 
 
-@dataclass
 class Equation:
     """One candidate equation for one output.
 
@@ -31,11 +30,42 @@ class Equation:
         finite: whether it evaluates to finite values on every recorded row.
     """
 
-    expr: sympy.Expr
-    complexity: int
-    loss: float
-    variables: tuple[sympy.Symbol, ...] = ()
-    finite: bool = True
+    def __init__(self, expr: sympy.Expr | None, complexity: int, loss: float,
+                 variables: tuple[sympy.Symbol, ...] = (), finite: bool = True):
+        self._expr = expr
+        self._text: str | None = None
+        self.complexity = complexity
+        self.loss = loss
+        self.variables = tuple(variables)
+        self.finite = finite
+
+    @classmethod
+    def from_text(cls, text: str, variables: tuple[sympy.Symbol, ...], complexity: int,
+                  loss: float, finite: bool = True) -> Equation:
+        """An equation whose text has been checked (``grammar.check``) but not yet built:
+        ``expr`` parses it on first use (a front read from a file builds only its chosen
+        equations when it loads)."""
+        eq = cls(None, complexity, loss, variables, finite)
+        eq._text = text
+        return eq
+
+    @property
+    def expr(self) -> sympy.Expr:
+        if self._expr is None:
+            self._expr = parse(self._text, {v.name: v for v in self.variables})
+        return self._expr
+
+    @expr.setter
+    def expr(self, value: sympy.Expr) -> None:
+        self._expr, self._text = value, None
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Equation):
+            return NotImplemented
+        return (self.expr, self.complexity, self.loss, self.variables, self.finite) == (
+            other.expr, other.complexity, other.loss, other.variables, other.finite)
+
+    __hash__ = None
 
     @property
     def sympy(self) -> sympy.Expr:

@@ -24,10 +24,15 @@ from collections.abc import Mapping
 import sympy
 
 from ..errors import EquationSyntaxError
-from .ops import CONSTANTS, FUNCTIONS, PRINT_NAMES
+from .ops import CONSTANTS, FUNCTIONS, NUMERIC, PRINT_NAMES
 
 MAX_TEXT = 200_000
 MAX_DEPTH = 100
+#: tokens in one equation; an engine's equations have tens, a PCA surrogate's a few hundred
+MAX_TOKENS = 20_000
+#: a number-only part of an equation must stay within float64's range
+_MAX_LOG10 = 308.0
+_MAX_DIGITS = 400
 
 _TOKEN = re.compile(
     r"\s*(?:"
@@ -36,6 +41,30 @@ _TOKEN = re.compile(
     r"|(?P<op>\*\*|[-+*/^(),])"
     r")"
 )
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def reserved(name: str) -> bool:
+    """Whether ``name`` cannot be a variable: a function or a named constant of the grammar."""
+    return name in FUNCTIONS or name in CONSTANTS
+
+
+def check_variable_names(names) -> None:
+    """Raise :class:`EquationSyntaxError` unless every name can be a variable of an equation:
+    an identifier that is not a function or constant of the grammar, each given once."""
+    seen = set()
+    for name in names:
+        if not isinstance(name, str) or not _IDENTIFIER.match(name):
+            raise EquationSyntaxError(
+                f"variable name {name!r} is not an identifier; variables are identifiers "
+                "(letters, digits and _, not starting with a digit)")
+        if reserved(name):
+            raise EquationSyntaxError(
+                f"variable name {name!r} is reserved: it is a function or constant of the "
+                "equation grammar; rename the variable")
+        if name in seen:
+            raise EquationSyntaxError(f"variable name {name!r} is given twice")
+        seen.add(name)
 
 
 def _tokenize(text: str) -> list[tuple[str, str, int]]:
@@ -57,6 +86,10 @@ def _tokenize(text: str) -> list[tuple[str, str, int]]:
             )
         kind = m.lastgroup
         tokens.append((kind, m.group(kind), m.start(kind)))
+        if len(tokens) > MAX_TOKENS:
+            raise EquationSyntaxError(
+                f"equation has more than {MAX_TOKENS} tokens; equations that long are not "
+                "something a search gives")
         pos = m.end()
     tokens.append(("end", "", end))
     return tokens
@@ -67,15 +100,28 @@ def _clip(text: str, n: int = 80) -> str:
 
 
 class _Parser:
-    def __init__(self, text: str, symbols: Mapping[str, sympy.Symbol]):
+    """A recursive-descent parser with bounded work.
+
+    Every method returns ``(expr, value)``: ``value`` is the float value of a part made of
+    numbers only (``None`` where the part has a variable), computed with the float op table
+    (``ops.NUMERIC``); each must be a finite real number (no ``acos(2)``, ``(-1)^(1/3)``,
+    ``10^5000``), and a power of two numbers is sized up before anything computes it, so
+    ``9^9^9`` costs nothing. ``expr`` is the sympy expression, or None when only checking
+    (``build=False``: :func:`check`), which costs a few microseconds a token where building
+    sympy objects costs about a millisecond a function call. Sums and products are built once
+    from all their terms (building them pairwise is quadratic in the number of terms).
+    """
+
+    def __init__(self, text: str, symbols: Mapping[str, sympy.Symbol], build: bool = True):
         self.text = text
         self.tokens = _tokenize(text)
         self.i = 0
         self.symbols = symbols
         self.depth = 0
+        self.build = build
 
     def error(self, msg: str) -> EquationSyntaxError:
-        pos = self.tokens[self.i][2]
+        pos = self.tokens[min(self.i, len(self.tokens) - 1)][2]
         return EquationSyntaxError(f"{msg} at position {pos} in {_clip(self.text)!r}")
 
     def peek(self) -> tuple[str, str, int]:
@@ -88,10 +134,10 @@ class _Parser:
         self.i += 1
         return tok
 
-    def parse(self) -> sympy.Expr:
+    def parse(self) -> sympy.Expr | None:
         if self.peek()[0] == "end":
             raise EquationSyntaxError("equation text is empty")
-        e = self.expr()
+        e, _ = self.expr()
         if self.peek()[0] != "end":
             raise self.error(f"unexpected {self.peek()[1]!r}")
         return e
@@ -101,48 +147,98 @@ class _Parser:
         if self.depth > MAX_DEPTH:
             raise self.error(f"expression nested deeper than {MAX_DEPTH} levels")
 
-    def expr(self) -> sympy.Expr:
+    def value(self, what: str, fn, *args) -> float | None:
+        """``fn(*args)`` on the values of number-only parts (None if any part has a variable),
+        refused unless it is a finite real number; ``what`` names it in the error."""
+        if any(a is None for a in args):
+            return None
+        try:
+            v = fn(*args)
+        except (ValueError, ZeroDivisionError):
+            raise self.error(f"the constant {what} has no real value") from None
+        except OverflowError:
+            raise self.error(f"the constant {what} is outside float64's range") from None
+        if isinstance(v, complex):
+            raise self.error(f"the constant {what} is not a real number")
+        v = float(v)
+        if not math.isfinite(v):
+            raise self.error(f"the constant {what} is outside float64's range")
+        return v
+
+    def fold(self, what: str, fn, parts) -> float | None:
+        """The value of a sum or product of ``parts``; its number-only terms are combined
+        (and checked) even when others have variables, as sympy folds them into one."""
+        nums = [v for _, v in parts if v is not None]
+        folded = self.value(what, fn, *nums) if len(nums) > 1 else None
+        return (folded if len(nums) > 1 else nums[0]) if len(nums) == len(parts) else None
+
+    def expr(self) -> tuple[sympy.Expr | None, float | None]:
         self._enter()
-        e = self.term()
+        parts = [self.term()]
         while self.peek()[1] in ("+", "-"):
             op = self.take()[1]
-            rhs = self.term()
-            e = e + rhs if op == "+" else e - rhs
+            e, v = self.term()
+            if op == "-":
+                e, v = (-e if self.build else None), (None if v is None else -v)
+            parts.append((e, v))
         self.depth -= 1
-        return e
+        if len(parts) == 1:
+            return parts[0]
+        return (sympy.Add(*(e for e, _ in parts)) if self.build else None), self.fold(
+            "sum", lambda *a: math.fsum(a), parts)
 
-    def term(self) -> sympy.Expr:
-        e = self.unary()
+    def term(self) -> tuple[sympy.Expr | None, float | None]:
+        parts = [self.unary()]
         while self.peek()[1] in ("*", "/"):
             op = self.take()[1]
-            rhs = self.unary()
-            e = e * rhs if op == "*" else e / rhs
-        return e
+            e, v = self.unary()
+            if op == "/":
+                if v == 0:
+                    raise self.error("division by zero")
+                e, v = (sympy.Pow(e, -1) if self.build else None), (None if v is None else 1 / v)
+            parts.append((e, v))
+        if len(parts) == 1:
+            return parts[0]
+        return (sympy.Mul(*(e for e, _ in parts)) if self.build else None), self.fold(
+            "product", lambda *a: math.prod(a), parts)
 
-    def unary(self) -> sympy.Expr:
+    def unary(self) -> tuple[sympy.Expr | None, float | None]:
         if self.peek()[1] in ("-", "+"):
             op = self.take()[1]
             self._enter()
-            e = self.unary()
+            e, v = self.unary()
             self.depth -= 1
-            return -e if op == "-" else e
+            if op == "+":
+                return e, v
+            return (-e if self.build else None), (None if v is None else -v)
         return self.power()
 
-    def power(self) -> sympy.Expr:
+    def power(self) -> tuple[sympy.Expr | None, float | None]:
         base = self.atom()
         if self.peek()[1] in ("^", "**"):
             self.take()
             self._enter()
             exponent = self.unary()
             self.depth -= 1
-            return base**exponent
+            return self.pow(base, exponent)
         return base
 
-    def atom(self) -> sympy.Expr:
+    def pow(self, base, exponent) -> tuple[sympy.Expr | None, float | None]:
+        (b, bv), (x, xv) = base, exponent
+        what = f"{_fmt(bv)}^{_fmt(xv)}"
+        if bv is not None and xv is not None:
+            if bv == 0 and xv < 0:
+                raise self.error("division by zero (0 to a negative power)")
+            if bv != 0 and abs(xv * math.log10(abs(bv))) > _MAX_LOG10:
+                raise self.error(f"the constant {what} is outside float64's range")
+        value = self.value(what, lambda a, c: a**c, bv, xv)
+        return (sympy.Pow(b, x) if self.build else None), value
+
+    def atom(self) -> tuple[sympy.Expr | None, float | None]:
         kind, value, _ = self.peek()
         if kind == "num":
             self.take()
-            return _number(value, self)
+            return _number(value, self, self.build)
         if value == "(":
             self.take()
             e = self.expr()
@@ -153,9 +249,9 @@ class _Parser:
             if self.peek()[1] == "(":
                 return self.call(value)
             if value in self.symbols:
-                return self.symbols[value]
+                return self.symbols[value], None
             if value in CONSTANTS:
-                return CONSTANTS[value]
+                return CONSTANTS[value], float(CONSTANTS[value])
             self.i -= 1
             known = sorted(self.symbols)
             hint = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
@@ -164,7 +260,7 @@ class _Parser:
             )
         raise self.error(f"unexpected {value or 'end of text'!r}")
 
-    def call(self, name: str) -> sympy.Expr:
+    def call(self, name: str) -> tuple[sympy.Expr | None, float | None]:
         if name not in FUNCTIONS:
             self.i -= 1
             raise self.error(
@@ -172,31 +268,79 @@ class _Parser:
             )
         arity, build = FUNCTIONS[name]
         self.take("(")
+        self._enter()
         args = [self.expr()]
         while self.peek()[1] == ",":
             self.take()
             args.append(self.expr())
         self.take(")")
+        self.depth -= 1
         if len(args) != arity:
             raise self.error(f"{name} takes {arity} argument(s), got {len(args)}")
-        return build(*args)
+        if name == "pow":
+            return self.pow(*args)
+        if name in ("square", "cube"):
+            k = 2 if name == "square" else 3
+            return self.pow(args[0], (sympy.Integer(k), float(k)))
+        vals = [v for _, v in args]
+        value = self.value(f"{name}({', '.join(map(_fmt, vals))})", NUMERIC[name], *vals)
+        return (build(*(e for e, _ in args)) if self.build else None), value
 
 
-def _number(text: str, parser: _Parser) -> sympy.Expr:
+def _fmt(v: float | None) -> str:
+    return "..." if v is None else f"{v:.6g}"
+
+
+def _number(text: str, parser: _Parser, build: bool) -> tuple[sympy.Expr | None, float]:
+    if len(text) > _MAX_DIGITS:
+        raise parser.error(f"number {_clip(text, 20)} has more than {_MAX_DIGITS} characters")
     if re.fullmatch(r"\d+", text):
-        return sympy.Integer(int(text))
+        value = int(text)
+        if value > 10**_MAX_LOG10:
+            raise parser.error(f"number {_clip(text, 20)} is outside float64's range")
+        return (sympy.Integer(value) if build else None), float(value)
     value = float(text)
     if not math.isfinite(value):
         raise parser.error(f"number {text!r} is not finite")
-    return sympy.Float(value)
+    return (sympy.Float(value) if build else None), value
 
 
 def parse(text: str, symbols: Mapping[str, sympy.Symbol]) -> sympy.Expr:
     """Parse equation ``text`` into a sympy expression over ``symbols`` (name -> Symbol).
 
-    Raises :class:`EquationSyntaxError` for anything outside the grammar; never evaluates code.
+    Raises :class:`EquationSyntaxError` for anything outside the grammar, for variable names
+    the grammar reserves (see :func:`check_variable_names`), and for number-only parts that
+    are not finite real numbers; never evaluates code, and the work is bounded by the length of
+    the text.
     """
-    return _Parser(text, symbols).parse()
+    _check_symbols(symbols)
+    expr = _Parser(text, symbols).parse()
+    for n in expr.atoms(sympy.Number):  # numbers sympy folded across parentheses
+        try:
+            ok = math.isfinite(float(n))
+        except (OverflowError, TypeError):
+            ok = False
+        if not ok:
+            raise EquationSyntaxError(
+                f"a constant of {_clip(text)!r} folds to {_clip(str(n), 30)}, outside float64's "
+                "range")
+    return expr
+
+
+def check(text: str, names) -> int:
+    """Raise :class:`EquationSyntaxError` unless ``parse(text, ...)`` over variables ``names``
+    would succeed; build nothing (a few microseconds a token). Returns the number of tokens."""
+    symbols = dict.fromkeys(names, None)
+    _check_symbols(symbols)
+    p = _Parser(text, symbols, build=False)
+    p.parse()
+    return len(p.tokens) - 1
+
+
+def _check_symbols(symbols) -> None:
+    bad = [n for n in symbols if not isinstance(n, str) or not _IDENTIFIER.match(n) or reserved(n)]
+    if bad:
+        check_variable_names(bad)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,13 +505,15 @@ def variable(name: str) -> sympy.Symbol:
 
 
 def constant_symbol(i: int) -> sympy.Symbol:
-    return sympy.Symbol(f"c{i}", real=True)
+    """The symbol of fitted constant ``i`` in a template. Its name (``$c0``, ...) is no
+    identifier, so no variable of an equation can ever be mistaken for it."""
+    return sympy.Symbol(f"$c{i}", real=True)
 
 
 def templatize(expr: sympy.Expr, start: int = 0) -> tuple[sympy.Expr, list[float]]:
     """Replace every fitted (floating-point) number in ``expr`` by a constant symbol.
 
-    Returns the template and the constants' values, numbered ``c{start}``, ``c{start+1}``, ... in
+    Returns the template and the constants' values, numbered ``start``, ``start+1``, ... in
     the order they first appear. Integers and rationals (exponents, the 1 in 1/x) stay literal.
     """
     seen: dict[sympy.Float, sympy.Symbol] = {}

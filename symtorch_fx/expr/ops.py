@@ -8,6 +8,7 @@ class), then one line in each printer's table.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import sympy
@@ -84,6 +85,34 @@ FUNCTIONS: dict[str, tuple[int, Callable[..., sympy.Expr]]] = {
     "fmax": (2, sympy.Max),
     "pow": (2, lambda a, b: a**b),
     "aq": (2, _aq),
+}
+
+def _sigmoid(x: float) -> float:
+    z = math.exp(-abs(x))  # never overflows
+    return 1 / (1 + z) if x >= 0 else z / (1 + z)
+
+
+def _sign(x: float) -> float:
+    return float((x > 0) - (x < 0))
+
+
+# grammar name -> the same function on Python floats. The parser computes the value of every
+# number-only part of an equation with these (raising for values that are not finite reals),
+# so a file's constants are checked without building anything symbolic.
+NUMERIC: dict[str, Callable[..., float]] = {
+    "sin": math.sin, "cos": math.cos, "tan": math.tan,
+    "asin": math.asin, "acos": math.acos, "atan": math.atan,
+    "sinh": math.sinh, "cosh": math.cosh, "tanh": math.tanh,
+    "exp": math.exp, "log": math.log, "log2": math.log2, "log10": math.log10,
+    "log1p": math.log1p, "logabs": lambda x: math.log(abs(x)),
+    "sqrt": math.sqrt, "sqrtabs": lambda x: math.sqrt(abs(x)),
+    "cbrt": lambda x: math.copysign(abs(x) ** (1 / 3), x),
+    "abs": abs, "sign": _sign, "erf": math.erf, "sigmoid": _sigmoid,
+    "relu": lambda x: max(0.0, x), "square": lambda x: x * x, "cube": lambda x: x * x * x,
+    "inv": lambda x: 1 / x, "neg": lambda x: -x,
+    "floor": lambda x: float(math.floor(x)), "ceil": lambda x: float(math.ceil(x)),
+    "min": min, "max": max, "fmin": min, "fmax": max,
+    "pow": lambda a, b: a**b, "aq": lambda a, b: a / math.sqrt(1 + b * b),
 }
 
 # Named numeric constants the grammar accepts (when no variable has the same name).

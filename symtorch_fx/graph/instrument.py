@@ -15,6 +15,7 @@ uniform reservoir of (features, outputs) rows on the CPU:
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ class Recorder(nn.Module):
         self.max_samples = max_samples
         self.enabled = True
         self._gen = torch.Generator().manual_seed(seed)
+        #: set by ``sfx.run(..., mode="train")``: recording in training mode is intended
+        self.train_mode_ok = False
+        self._warned_training = False
         self.reset()
 
     def reset(self) -> None:
@@ -61,6 +65,14 @@ class Recorder(nn.Module):
     def forward(self, *args):
         *inputs, out = args
         if self.enabled and not torch.compiler.is_compiling():
+            if self.training and not self.train_mode_ok and not self._warned_training:
+                self._warned_training = True
+                warnings.warn(
+                    f"symtorch_fx: recording {self.region!r} in training mode: dropout and "
+                    "batch statistics change what is recorded. Call .eval() on the prepared "
+                    "model, or record with sfx.run / sfx.compile (eval mode by default; "
+                    "mode='train' to record in training mode on purpose)",
+                    RuntimeWarning, stacklevel=2)
             with torch.no_grad():
                 self.record(inputs, out)
         return out
@@ -79,6 +91,22 @@ class Recorder(nn.Module):
                 f"target {self.region!r} returned a 0-d tensor; a region must map rows to rows "
                 "(an output with at least one dimension)"
             )
+        for i, t in enumerate([*(a for a in inputs if isinstance(a, torch.Tensor)), out]):
+            what = "the output" if t is out else f"input {i}"
+            if t.device.type == "meta":
+                raise RecordingError(
+                    f"target {self.region!r}: {what} is on the meta device, which holds shapes "
+                    "but no values; run real data (CPU or CUDA tensors) through the prepared "
+                    "model")
+            if t.layout != torch.strided:
+                raise RecordingError(
+                    f"target {self.region!r}: {what} is a {t.layout} tensor; pass dense tensors "
+                    "(call .to_dense() on the input)")
+            if t.is_complex():
+                raise RecordingError(
+                    f"target {self.region!r}: {what} is complex ({t.dtype}); equations are "
+                    "distilled over real numbers: target a region with real inputs and "
+                    "outputs, or split real and imaginary parts into features")
         lead = out.shape[:-1] if out.ndim >= 2 else out.shape
         k_out = out.shape[-1] if out.ndim >= 2 else None
         mask = tuple(isinstance(a, torch.Tensor) for a in inputs)

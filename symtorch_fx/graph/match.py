@@ -39,10 +39,39 @@ class Region:
     sites: list[Site] = field(default_factory=list)
     module: str | None = None
     ops: list[str] = field(default_factory=list)  # canonical op names (pattern regions)
+    #: the attribute name of the region's submodules (``sfx_symbolic.<slug>``): letters, digits
+    #: and ``_`` only, unique among the regions of one model (see :func:`assign_slugs`)
+    slug: str = ""
 
-    @property
-    def slug(self) -> str:
-        return (self.name or "model").replace(".", "_").replace("#", "_").replace("/", "_")
+    def __post_init__(self):
+        if not self.slug:
+            self.slug = _slug_base(self.name)
+
+
+#: a region name: a qualified module name (``blocks.0.mlp``; empty for the whole model),
+#: with ``#k`` for the k-th repeat of a pattern
+REGION_NAME = re.compile(r"(?:[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*)?(?:#[0-9]+)?\Z")
+#: a qualified module name (empty: the model itself)
+MODULE_PATH = re.compile(r"(?:[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*)?\Z")
+
+
+def _slug_base(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", name or "model")
+
+
+def assign_slugs(regions: list[Region]) -> None:
+    """Give every region a slug that is a safe attribute name and unique among ``regions``
+    (``enc.0`` and ``enc_0`` both read ``enc_0``: the later one becomes ``enc_0_2``). The same
+    regions in the same order always get the same slugs, so state_dict keys are stable."""
+    taken: set[str] = set()
+    for r in regions:
+        base = _slug_base(r.name)
+        slug, k = base, 1
+        while slug in taken:
+            k += 1
+            slug = f"{base}_{k}"
+        r.slug = slug
+        taken.add(slug)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,12 +4,12 @@ Two hosts carry a model through the pass:
 
 * :class:`GraphHost` -- the model traced by torch.fx. Every build starts from a copy of the
   original graph, which is never modified: recording inserts Recorder nodes, the symbolic build
-  replaces each region's nodes by one ``call_module`` to its :class:`SymbolicModule`, and restore
-  is the original graph itself. The original modules stay registered, so switching a region back
-  to ``"neural"`` and restoring need nothing that was thrown away.
+  replaces each region's nodes by one ``call_module`` to its :class:`SymbolicModule`. The
+  graph shares the user's modules and parameters, so switching a region back to ``"neural"``
+  needs nothing that was thrown away, and restore is the user's model object itself.
 * :class:`SwapHost` -- models torch.fx cannot trace, with module targets: the target module is
   swapped in its parent. Parents are shallow-copied along the path, so the user's model object is
-  never modified and parameters stay shared.
+  never modified and parameters stay shared; restore returns that object.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ..errors import SymTorchFXError
+from ..errors import SerializationError, SymTorchFXError
 from ..expr.grammar import substitute, templatize, to_text, variable
 from ..kernels.lower import Layout, lower
 from ..reduce import Projection
 from .instrument import Tap, insert_recorders
-from .match import Region
+from .match import Region, assign_slugs
 
 
 class SymbolicModule(nn.Module):
@@ -116,7 +116,35 @@ class SymbolicModule(nn.Module):
         return [substitute(t, self.constants.detach().cpu().double().tolist())
                 for t in self.templates]
 
+    def verify_against(self, neural: nn.Module, source: str) -> None:
+        """Check the first call's output shape against ``neural`` (the module these equations
+        stand for) run on the same inputs; ``source`` names where the equations came from.
+        Not a submodule: it is neither saved nor moved with this one."""
+        self.__dict__["_verify"] = (neural, source)
+
+    def _check_first_call(self, y: torch.Tensor, args, kwargs) -> None:
+        neural, source = self.__dict__.pop("_verify")
+        with torch.no_grad():
+            ref = neural(*args, **kwargs)
+        if isinstance(ref, torch.Tensor) and ref.shape != y.shape:
+            raise SerializationError(
+                f"{source}: the equations for {self.region!r} give outputs of shape "
+                f"{tuple(y.shape)}, but the model's {self.region!r} returns {tuple(ref.shape)}; "
+                "the file was saved from a different model (load it on the model it was "
+                "distilled from)")
+
     def forward(self, *args, **kwargs):
+        if "_verify" not in self.__dict__:
+            return self._forward(*args, **kwargs)
+        try:
+            y = self._forward(*args, **kwargs)
+        except SymTorchFXError as e:  # the file's layout does not fit what the model passes
+            raise SerializationError(f"{self.__dict__['_verify'][1]}: {e}; the file was saved "
+                                     "from a different model") from e
+        self._check_first_call(y, args, kwargs)
+        return y
+
+    def _forward(self, *args, **kwargs):
         data = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         if len(data) != len(self.layout.inputs):
             raise SymTorchFXError(
@@ -154,6 +182,7 @@ class SymbolicModule(nn.Module):
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_fn", None)
+        state.pop("_verify", None)
         return state
 
     def __setstate__(self, state):
@@ -163,20 +192,30 @@ class SymbolicModule(nn.Module):
                          self._kernel)
 
 
+def fits_output(shape, layout: Layout) -> bool:
+    """Whether a tensor of ``shape`` can be a region's output of this layout (its last
+    dimension holds the outputs; a layout without an output dimension fits any shape)."""
+    return layout.outputs is None or (len(shape) > 0 and shape[-1] == layout.outputs)
+
+
 # ----------------------------------------------------------------------------------------------
 
 
 def replace_sites(g: fx.Graph, regions: list[Region], target) -> None:
     """Replace every site of ``regions`` in ``g`` by one ``call_module(target(region))`` taking
-    the site's data inputs; the site's nodes, and weights only they used, are erased."""
+    the site's data inputs; the site's nodes, and weights only they used, are erased.
+
+    Sites may feed each other (``enc.0`` -> ``enc.1``, or ``block(block(x))``): a site's output
+    name then stands for the node that replaced it, so a later site reads the replacement."""
     by_name = {n.name: n for n in g.nodes}
     for region in regions:
         for site in region.sites:
             out = by_name[site.output]
             with g.inserting_before(out):
                 new = g.call_module(target(region), tuple(by_name[a] for a in site.inputs))
-            out.replace_all_uses_with(new)
             body = [by_name[n] for n in site.nodes]
+            out.replace_all_uses_with(new)
+            by_name[site.output] = new
             attrs = {a for n in body for a in n.all_input_nodes if a.op == "get_attr"}
             for n in reversed(body):
                 g.erase_node(n)
@@ -189,9 +228,12 @@ def replace_sites(g: fx.Graph, regions: list[Region], target) -> None:
 class GraphHost:
     kind = "graph"
 
-    def __init__(self, gm: fx.GraphModule, regions: list[Region], through_nn: bool):
+    def __init__(self, gm: fx.GraphModule, regions: list[Region], through_nn: bool,
+                 model: nn.Module | None = None):
         self.root = gm  # holds the user's modules; its graph is the original and is never edited
+        self.model = gm if model is None else model  # what restore gives back
         self.regions = regions
+        assign_slugs(regions)
         self.through_nn = through_nn
         self.class_name = gm.__class__.__name__
 
@@ -227,8 +269,10 @@ class GraphHost:
         gm.graph = g
         gm.recompile()
 
-    def restore(self, sym: nn.Module) -> fx.GraphModule:
-        return fx.GraphModule(sym, self._graph(), self.class_name)
+    def restore(self, sym: nn.Module) -> nn.Module:
+        """The user's own model: the graph shares its modules and parameters, so what was
+        trained through ``sym`` is there, and so is everything the graph does not use."""
+        return self.model
 
 
 class SwapHost:
@@ -240,6 +284,7 @@ class SwapHost:
                 raise SymTorchFXError("internal: the swap host only carries module regions")
         self.model = model
         self.regions = regions
+        assign_slugs(regions)
         self.originals = {r.name: model.get_submodule(r.module) for r in regions}
         self.class_name = type(model).__name__
 
@@ -293,7 +338,5 @@ class SwapHost:
             self._set(root, r, root._modules[which][r.slug])
 
     def restore(self, sym: nn.Module) -> nn.Module:
-        root = self._clone()
-        for r in self.regions:
-            self._set(root, r, sym._modules["sfx_neural"][r.slug])
-        return root
+        """The user's own model, never modified: the swapped copies share its parameters."""
+        return self.model

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import linecache
 import os
+import re
 import traceback
 
 import torch
@@ -50,8 +51,18 @@ def trace(model: nn.Module, leaves=frozenset(), through_nn: bool = False) -> fx.
         raise UntraceableModelError(
             f"torch.fx cannot trace {type(model).__name__}: {untraceable_construct(e)}"
         ) from e
+    for node in graph.nodes:
+        if node.op in ("call_module", "get_attr") and not _SAFE_TARGET.match(node.target):
+            # torch.fx writes these names into the forward's source without escaping them
+            raise UntraceableModelError(
+                f"torch.fx cannot trace {type(model).__name__} safely: its submodule or "
+                f"attribute {node.target!r} has a name that is not a Python identifier, and "
+                "torch.fx would write it into generated code; rename it (letters, digits, _)")
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
+
+#: a call_module / get_attr target torch.fx can write into source as it is
+_SAFE_TARGET = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*\Z")
 
 
 def untraceable_construct(exc: BaseException) -> str:

@@ -387,9 +387,29 @@ _TOOLCHAIN: list = []
 
 
 def cache_dir() -> str:
+    """Where built kernels are kept: ``$SYMTORCH_FX_CACHE/cpu``, else
+    ``$XDG_CACHE_HOME/symtorch_fx/cpu``, else ``~/.cache/symtorch_fx/cpu``."""
     root = os.environ.get("SYMTORCH_FX_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "symtorch_fx")
     return os.path.join(root, "cpu")
+
+
+def _private_dir() -> str:
+    """The cache directory, created private (0700); refused unless it is ours and no one else
+    can write to it (a library loaded from it runs in this process)."""
+    d = cache_dir()
+    try:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        st = os.stat(d)
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            raise KernelBuildError(f"the kernel cache {d} belongs to another user; set "
+                                   "SYMTORCH_FX_CACHE to a directory of your own")
+        if st.st_mode & 0o022:
+            os.chmod(d, 0o700)
+    except OSError as e:
+        raise KernelBuildError(f"the kernel cache {d} is not usable ({e}); set "
+                               "SYMTORCH_FX_CACHE to a writable directory of your own") from e
+    return d
 
 
 def _flags() -> list[str]:
@@ -466,7 +486,37 @@ def _headers(d: str, cxx: str, flags: list[str]) -> None:
     open(h + ".nogch", "w").close()  # compile from the header itself from now on
 
 
+def _file_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _load(so: str, digest: str) -> ctypes.CDLL | None:
+    """The library at ``so`` if it is the one built from the source of ``digest``: its content
+    matches the hash recorded when it was built, and it says it was built from ``digest``;
+    None for a missing, partial or foreign file (the caller rebuilds it)."""
+    try:
+        with open(so + ".sha256") as f:
+            recorded = f.read().strip()
+        if _file_digest(so) != recorded:
+            return None
+        lib = ctypes.CDLL(so)
+        lib.sfx_source_digest.restype = ctypes.c_char_p
+        if lib.sfx_source_digest() != digest.encode():
+            return None
+    except (OSError, AttributeError, ValueError):
+        return None
+    lib.sfx_kernel.argtypes = [ctypes.c_void_p]
+    lib.sfx_kernel.restype = None
+    return lib
+
+
 def _build(src: str) -> ctypes.CDLL:
+    """The compiled library of ``src``, from this process's table, the cache, or the compiler.
+
+    Any failure to write, build or load raises :class:`KernelBuildError` (``kernel="auto"``
+    then runs the torch code, with one warning); a cached file that is not what it should be
+    (empty, truncated, built from other source) is rebuilt."""
     tc = toolchain()
     if tc is None:
         raise SymTorchFXError(
@@ -478,18 +528,27 @@ def _build(src: str) -> ctypes.CDLL:
         lib = _LIBS.get(digest)
         if lib is not None:
             return lib
-        d = cache_dir()
-        os.makedirs(d, exist_ok=True)
+        d = _private_dir()
         so = os.path.join(d, f"sfx_{digest}.so")
-        if not os.path.exists(so):
-            _headers(d, cxx, flags)
+        lib = _load(so, digest) if os.path.exists(so) else None
+        if lib is None:
             cpp = os.path.join(d, f"sfx_{digest}.cpp")
-            with open(cpp, "w") as f:
-                f.write(src)
-            _compile([cxx, cpp, *flags, f"-I{d}", *_link_flags()], so, f"{cxx}, source {cpp}")
-        lib = ctypes.CDLL(so)
-        lib.sfx_kernel.argtypes = [ctypes.c_void_p]
-        lib.sfx_kernel.restype = None
+            try:
+                _headers(d, cxx, flags)
+                with open(cpp, "w") as f:
+                    f.write(src)
+                    f.write(f'\nextern "C" const char* sfx_source_digest() {{ return "{digest}"; }}\n')
+                _compile([cxx, cpp, *flags, f"-I{d}", *_link_flags()], so,
+                         f"{cxx}, source {cpp}")
+                with open(f"{so}.sha256.tmp{os.getpid()}", "w") as f:
+                    f.write(_file_digest(so))
+                os.replace(f"{so}.sha256.tmp{os.getpid()}", so + ".sha256")
+            except OSError as e:
+                raise KernelBuildError(f"cannot build the fused CPU kernel in {d} ({e}); set "
+                                       "SYMTORCH_FX_CACHE to a writable directory") from e
+            lib = _load(so, digest)
+            if lib is None:
+                raise KernelBuildError(f"the fused CPU kernel built at {so} does not load")
         _LIBS[digest] = lib
         return lib
 

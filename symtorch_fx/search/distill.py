@@ -19,7 +19,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import sympy
@@ -74,6 +74,8 @@ class Searched:
     bad_syntax: list[str] = field(default_factory=list)
     #: a scaled transform's monomial ``m`` (the search was of ``g(s*y/m)``), as text
     monomial: str | None = None
+    #: why this search gave nothing: it raised twice (see :func:`run_jobs`)
+    error: str | None = None
 
     @property
     def candidates(self) -> list[str]:
@@ -249,36 +251,92 @@ def resolve_executor(executor, engine, n_jobs: int) -> tuple[cf.Executor, bool]:
     )
 
 
+#: added to the seed of a search that raised, for its one retry
+RETRY_SEED = 7919
+
+
 def run_jobs(engine, jobs: list[Job], executor=None, progress: bool = True) -> list[Searched]:
-    """Run every job; results in job order. The first failure is raised, naming its job."""
+    """Run every job; results in job order.
+
+    A search that raises is run once more with another seed; one that fails again is dropped
+    with a warning that names it (its output's front is built from its other searches, and
+    its record says why it is missing). When every search fails, the first error is raised,
+    naming its job: the engine itself is broken. Ctrl-C cancels what is queued, stops the
+    workers of a pool this function owns (a process pool's are terminated) and returns at once.
+    """
     if not jobs:
         return []
     pool, owned = resolve_executor(executor, engine, len(jobs))
     results: list[Searched | None] = [None] * len(jobs)
+    errors: dict[int, BaseException] = {}
+    futures: dict[cf.Future, tuple[int, bool]] = {}
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(jobs), desc=f"distilling ({engine.name})", unit="job")
+        bar = tqdm(total=len(jobs), desc=f"distilling ({engine.name}, {len(jobs)} searches)",
+                   unit="job")
     try:
-        futures = {pool.submit(run_job, engine, job): i for i, job in enumerate(jobs)}
-        for f in cf.as_completed(futures):
-            i = futures[f]
-            try:
-                results[i] = f.result()
-            except Exception as e:
-                for other in futures:
-                    other.cancel()
-                e.add_note(f"symtorch_fx: raised by the search for {jobs[i].label}")
-                raise
-            if bar is not None:
-                bar.update(1)
+        for i, job in enumerate(jobs):
+            futures[pool.submit(run_job, engine, job)] = (i, False)
+        pending = set(futures)
+        while pending:
+            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for f in done:
+                i, retried = futures[f]
+                try:
+                    results[i] = f.result()
+                except Exception as e:  # noqa: BLE001 - retried once, then reported
+                    if not retried:
+                        again = replace(jobs[i], seed=jobs[i].seed + RETRY_SEED)
+                        g = pool.submit(run_job, engine, again)
+                        futures[g] = (i, True)
+                        pending.add(g)
+                        continue
+                    errors[i] = e
+                if bar is not None:
+                    bar.update(1)
+    except BaseException:  # Ctrl-C (or a failure of the pool itself): stop now
+        _stop(pool, owned, futures)
+        owned = False
+        raise
     finally:
         if bar is not None:
             bar.close()
         if owned:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True)
+    if errors:
+        first, e = next(iter(errors.items()))
+        if len(errors) == len(jobs):
+            e.add_note(f"symtorch_fx: raised by the search for {jobs[first].label} (and by "
+                       "every other search, each tried twice)")
+            raise e
+        dropped = ", ".join(jobs[i].label for i in errors)
+        warnings.warn(f"symtorch_fx: {len(errors)} search(es) raised twice (with two seeds) and "
+                      f"were dropped: {dropped}; first error: {type(e).__name__}: {e}",
+                      RuntimeWarning, stacklevel=3)
+        for i, err in errors.items():
+            results[i] = Searched([], [], 0.0, [] if jobs[i].holdout is not None else None,
+                                  error=f"{type(err).__name__}: {err}")
     return results  # type: ignore[return-value]
+
+
+def _stop(pool: cf.Executor, owned: bool, futures) -> None:
+    """Cancel every queued search, and stop the workers of a pool we own without waiting for
+    the searches they are running (a process pool's workers are terminated)."""
+    for f in futures:
+        f.cancel()
+    if not owned:
+        return
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        p.join(timeout=2)
+        if p.is_alive():
+            p.kill()
 
 
 # ----------------------------------------------------------------------------------------------
