@@ -5,7 +5,9 @@ is refused in under a second).
 
 For each seed it writes four ~1 MB files on a one-region model: many short equations (a big
 front), one 40,000-term equation, deeply nested number-only parts, and a file of ``9^9^9``
-powers, then times ``sfx.load`` (best of 3) and, for the first, building every equation as
+powers, and two whose chosen equation (built as sympy at load) is 200, 500 or 1,500 function
+calls; then
+times ``sfx.load`` (best of 3) and, for the first, building every equation as
 sympy (what loading cost before the front was checked and built lazily).
 """
 
@@ -80,6 +82,12 @@ def files(doc: dict, seed: int) -> dict[str, dict]:
         front["equations"] = eqs + front["equations"]
         front["chosen"] = len(front["equations"]) - 1
         out[kind] = d
+    for n in (200, 500, 1_500):  # the one equation built at load: within the budget, and over
+        d = copy.deepcopy(doc)
+        d["regions"][0]["fronts"][0]["equations"] = [
+            {"expr": " + ".join(term() for _ in range(n)), "loss": 0.1}]
+        d["regions"][0]["fronts"][0]["chosen"] = 0
+        out[f"a chosen equation of {n:,} function calls"] = d
     return out
 
 

@@ -115,11 +115,17 @@ def _num(v: float):
 
 #: the largest file ``load`` reads
 MAX_FILE_BYTES = 64 * 2**20
-#: equation tokens in one file (one region of an LLM's PCA surrogate has a few thousand)
-MAX_FILE_TOKENS = 2_000_000
+#: equation tokens in one file: each is checked against the grammar (1-3 us a token)
+MAX_FILE_TOKENS = 300_000
+#: the work of building a file's chosen equations (sympy, then torch code), in token units
+#: (``grammar.check``): about a second on a 2-core box; ``load(..., max_work=)`` raises it
+MAX_BUILD_WORK = 60_000
+#: the same for one chosen equation (common subexpressions of one long equation cost more than
+#: linear time to find: 200 function calls build in 0.17 s, 500 in 1.7 s)
+MAX_EQUATION_WORK = 25_000
 
 
-def _read_doc(path) -> tuple[dict, list[tuple]]:
+def _read_doc(path, max_work: int = MAX_BUILD_WORK) -> tuple[dict, list[tuple]]:
     try:
         size = os.path.getsize(path)
         _expect(size <= MAX_FILE_BYTES, f"{path} is {size} bytes; symtorch_fx files are at most "
@@ -148,7 +154,7 @@ def _read_doc(path) -> tuple[dict, list[tuple]]:
             f"{path}: field 'host' is {_show(doc.get('host'))}; expected graph, swap or dynamo")
     _expect(isinstance(doc.get("through_nn", False), bool), f"{path}: field 'through_nn' is not "
                                                             "true or false")
-    budget = [MAX_FILE_TOKENS]
+    budget = [MAX_FILE_TOKENS, max_work]
     parsed = [_parse_region(e, path, k, budget) for k, e in enumerate(entries)]
     names = [p[0].name for p in parsed]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -178,16 +184,22 @@ def _results(parsed: list[tuple], device=None) -> tuple[dict, dict]:
     return results, modes
 
 
-def read(path: str | os.PathLike) -> tuple[dict[str, RegionResult], dict[str, str]]:
+def read(path: str | os.PathLike, max_work: int = MAX_BUILD_WORK
+         ) -> tuple[dict[str, RegionResult], dict[str, str]]:
     """The equations saved at ``path`` and each region's mode, without a model (for
     ``sfx.backend(equations=path)``)."""
-    _, parsed = _read_doc(path)
+    _, parsed = _read_doc(path, max_work)
     return _results(parsed)
 
 
-def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
-    """Rebuild the symbolic model saved at ``path`` on ``model`` (the same architecture)."""
-    doc, parsed = _read_doc(path)
+def load(path: str | os.PathLike, model: nn.Module, *, max_work: int = MAX_BUILD_WORK) -> nn.Module:
+    """Rebuild the symbolic model saved at ``path`` on ``model`` (the same architecture).
+
+    ``max_work`` bounds the work of building each front's chosen equation (the rest are
+    checked and built when first used): the default keeps any load near a second and refuses
+    more, with an error that says so; a model with hundreds of long chosen equations that you
+    trust may need it raised."""
+    doc, parsed = _read_doc(path, max_work)
     regions = [p[0] for p in parsed]
     for r in regions:
         if r.kind in ("module", "model"):
@@ -288,9 +300,6 @@ def _parse_region(e, path, index: int, budget: list[int]) -> tuple:
             _expect(isinstance(q, dict), f"{at}.equations[{m}] is not an object")
             text = q.get("expr")
             _expect(isinstance(text, str), f"{at}.equations[{m}].expr is not text")
-            budget[0] -= len(text) // 2
-            _expect(budget[0] > 0, f"{path}: the equations are longer in all than "
-                                   f"{MAX_FILE_TOKENS} tokens; this is not a file symtorch_fx wrote")
             loss = _loss(q.get("loss", "inf"))
             _expect(loss is not None, f"{at}.equations[{m}].loss is {_show(q.get('loss'))}; "
                                       "expected a number")
@@ -299,12 +308,25 @@ def _parse_region(e, path, index: int, budget: list[int]) -> tuple:
             # the chosen equation is built now; the rest of the front is checked against the
             # grammar (cheap) and built when first used
             try:
+                tokens, work = check(text, symbols)
+                budget[0] -= tokens
+                _expect(budget[0] > 0, f"{path}: the equations are longer in all than "
+                                       f"{MAX_FILE_TOKENS} tokens; symtorch_fx does not read a "
+                                       "file that large")
                 if m == chosen:
+                    _expect(work <= MAX_EQUATION_WORK,
+                            f"{at}.equations[{m}]: the chosen equation is too long to build "
+                            f"({work} > {MAX_EQUATION_WORK} units of work); symtorch_fx does not "
+                            "write equations of that size")
+                    budget[1] -= work
+                    _expect(budget[1] > 0, f"{at}.equations[{m}]: building the chosen equations "
+                                           "of this file takes more than max_work allows "
+                                           "(about a second per 60,000); pass sfx.load(..., "
+                                           "max_work=...) if you trust the file")
                     expr = parse(text, symbols)
                     eqs.append(Equation(expr, complexity(expr), loss, tuple(symbols.values()),
                                         finite))
                     continue
-                check(text, symbols)
             except EquationSyntaxError as err:
                 raise SerializationError(f"{at}.equations[{m}].expr: rejected equation: {err}") \
                     from err

@@ -119,6 +119,7 @@ class _Parser:
         self.symbols = symbols
         self.depth = 0
         self.build = build
+        self.heavy = 0  # function calls and powers: what costs sympy most to build
 
     def error(self, msg: str) -> EquationSyntaxError:
         pos = self.tokens[min(self.i, len(self.tokens) - 1)][2]
@@ -225,6 +226,7 @@ class _Parser:
 
     def pow(self, base, exponent) -> tuple[sympy.Expr | None, float | None]:
         (b, bv), (x, xv) = base, exponent
+        self.heavy += 1
         what = f"{_fmt(bv)}^{_fmt(xv)}"
         if bv is not None and xv is not None:
             if bv == 0 and xv < 0:
@@ -267,14 +269,13 @@ class _Parser:
                 f"unknown function {name!r}; allowed functions: {', '.join(sorted(FUNCTIONS))}"
             )
         arity, build = FUNCTIONS[name]
+        self.heavy += 1
         self.take("(")
-        self._enter()
         args = [self.expr()]
         while self.peek()[1] == ",":
             self.take()
             args.append(self.expr())
         self.take(")")
-        self.depth -= 1
         if len(args) != arity:
             raise self.error(f"{name} takes {arity} argument(s), got {len(args)}")
         if name == "pow":
@@ -327,14 +328,23 @@ def parse(text: str, symbols: Mapping[str, sympy.Symbol]) -> sympy.Expr:
     return expr
 
 
-def check(text: str, names) -> int:
+#: what building one function call or power costs, in tokens: about 4 ms (sympy, then the
+#: torch code of a chosen equation) against 15 us a token of sums and products
+#: (benchmarks/load_time.py)
+HEAVY = 100
+
+
+def check(text: str, names) -> tuple[int, int]:
     """Raise :class:`EquationSyntaxError` unless ``parse(text, ...)`` over variables ``names``
-    would succeed; build nothing (a few microseconds a token). Returns the number of tokens."""
+    would succeed; build nothing (one to a few microseconds a token). Returns the number of
+    tokens, and the work ``parse`` would take to build it, in tokens (``HEAVY`` for each function
+    call or power)."""
     symbols = dict.fromkeys(names, None)
     _check_symbols(symbols)
     p = _Parser(text, symbols, build=False)
     p.parse()
-    return len(p.tokens) - 1
+    n = len(p.tokens) - 1
+    return n, n + HEAVY * p.heavy
 
 
 def _check_symbols(symbols) -> None:
