@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import stat
 
 import torch
 import torch.nn as nn
@@ -115,6 +116,8 @@ def _num(v: float):
 
 #: the largest file ``load`` reads
 MAX_FILE_BYTES = 64 * 2**20
+#: features (or outputs) of one region: a layer 16 times as wide as a large LLM's hidden state
+MAX_WIDTH = 1 << 16
 #: equation tokens in one file: each is checked against the grammar (1-3 us a token)
 MAX_FILE_TOKENS = 300_000
 #: the work of building a file's chosen equations (sympy, then torch code), in token units
@@ -126,13 +129,19 @@ MAX_EQUATION_WORK = 25_000
 
 
 def _read_doc(path, max_work: int = MAX_BUILD_WORK) -> tuple[dict, list[tuple]]:
+    if not isinstance(path, (str, os.PathLike)):
+        raise SerializationError(f"a symtorch_fx file is named by a path (str or os.PathLike), "
+                                 f"got {type(path).__name__}")
     try:
-        size = os.path.getsize(path)
-        _expect(size <= MAX_FILE_BYTES, f"{path} is {size} bytes; symtorch_fx files are at most "
-                                        f"{MAX_FILE_BYTES} bytes")
+        st = os.stat(path)
+        # a FIFO or a device would block or never end: only a regular file is read
+        _expect(stat.S_ISREG(st.st_mode), f"{path} is not a regular file")
+        _expect(st.st_size <= MAX_FILE_BYTES, f"{path} is {st.st_size} bytes; symtorch_fx files "
+                                              f"are at most {MAX_FILE_BYTES} bytes")
         with open(path, "rb") as fh:
             raw = fh.read(MAX_FILE_BYTES + 1)
-    except OSError as e:
+        _expect(len(raw) <= MAX_FILE_BYTES, f"{path} is larger than {MAX_FILE_BYTES} bytes")
+    except (OSError, ValueError) as e:
         raise SerializationError(f"cannot read {path}: {e}") from e
     try:
         text = raw.decode("utf-8")
@@ -261,6 +270,9 @@ def _parse_region(e, path, index: int, budget: list[int]) -> tuple:
     _expect(outs is None or (_count(outs) and outs <= 1 << 20),
             f"{where}: field 'layout.outputs' is {_show(outs)}; expected a count or null")
     layout = Layout(tuple(ins), outs)
+    _expect(layout.n_features <= MAX_WIDTH and layout.n_outputs <= MAX_WIDTH,
+            f"{where}: field 'layout' has {layout.n_features} inputs and {layout.n_outputs} "
+            f"outputs; at most {MAX_WIDTH} each")
     projection = None
     if e.get("projection") is not None:
         try:

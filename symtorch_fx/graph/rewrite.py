@@ -126,12 +126,12 @@ class SymbolicModule(nn.Module):
         neural, source = self.__dict__.pop("_verify")
         with torch.no_grad():
             ref = neural(*args, **kwargs)
-        if isinstance(ref, torch.Tensor) and ref.shape != y.shape:
+        if isinstance(ref, torch.Tensor) and (ref.shape, ref.dtype) != (y.shape, y.dtype):
             raise SerializationError(
                 f"{source}: the equations for {self.region!r} give outputs of shape "
-                f"{tuple(y.shape)}, but the model's {self.region!r} returns {tuple(ref.shape)}; "
-                "the file was saved from a different model (load it on the model it was "
-                "distilled from)")
+                f"{tuple(y.shape)} ({y.dtype}), but the model's {self.region!r} returns "
+                f"{tuple(ref.shape)} ({ref.dtype}); the file was saved from a different model "
+                "(load it on the model it was distilled from)")
 
     def forward(self, *args, **kwargs):
         if "_verify" not in self.__dict__:
