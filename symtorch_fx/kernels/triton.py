@@ -332,8 +332,8 @@ def _kernel(entry: system.Entry, needs):
         import triton.language as tl
     except ImportError as exc:
         raise SymTorchFXError(
-            "kernel='triton' needs the triton package (pip install triton); or use "
-            "kernel='auto' or 'torch'") from exc
+            "kernel='triton' needs the triton package: CUDA builds of torch include it, "
+            "or pip install 'symtorch_fx[gpu]'; or use kernel='auto' or 'torch'") from exc
     program = entry.program(needs)
     with _BUILD_LOCK:
         fn = entry.kernels.get(cache_key)
