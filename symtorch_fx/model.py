@@ -54,6 +54,14 @@ class SymbolicModel:
 
     _sfx: State
 
+    def __reduce_ex__(self, protocol):
+        # the class is made at run time; pickle names the user's class and rebuilds ours
+        # (graph-hosted models are pickled by ``_reduce_graph`` instead)
+        if isinstance(self, fx.GraphModule):
+            return _reduce_graph(self)
+        base = next(b for b in type(self).__mro__ if not issubclass(b, SymbolicModel))
+        return _new_symbolic, (base,), self.__dict__.copy()
+
     @property
     def equations(self) -> Equations:
         """Per region, per output: the Pareto front and the chosen equation (live constants)."""
@@ -117,16 +125,53 @@ def attach(model: nn.Module, state: State) -> nn.Module:
     if isinstance(model, fx.GraphModule):
         # torch.fx gives every GraphModule its own class and sets forward/__call__ on it in
         # recompile(); ours derives from GraphModule itself and is recompiled once swapped in.
-        cls = type(f"Symbolic{base.__name__}", (SymbolicModel, fx.GraphModule), {})
+        name = getattr(state.host, "class_name", base.__name__)
+        cls = type(f"Symbolic{name}", (SymbolicModel, fx.GraphModule),
+                   {"__deepcopy__": _deepcopy_graph})
         model.__class__ = cls
         model.recompile()
         model.meta["symtorch_fx"] = state
     elif not isinstance(model, SymbolicModel):
-        cls = type(f"Symbolic{base.__name__}", (SymbolicModel, base), {})
-        cls.__module__ = base.__module__
-        model.__class__ = cls
+        model.__class__ = symbolic_class(base)
     model._sfx = state
     return model
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def symbolic_class(base: type) -> type:
+    """The SymbolicModel subclass of a user's module class, made once per class so that a
+    pickled model names it by the class it derives from (see ``SymbolicModel.__reduce_ex__``)."""
+    cls = _CLASSES.get(base)
+    if cls is None:
+        cls = _CLASSES[base] = type(f"Symbolic{base.__name__}", (SymbolicModel, base), {})
+        cls.__module__ = base.__module__
+        cls.__qualname__ = f"Symbolic{base.__qualname__}"
+    return cls
+
+
+def _new_symbolic(base: type) -> nn.Module:
+    cls = symbolic_class(base)
+    return cls.__new__(cls)
+
+
+def _reduce_graph(self):
+    """Pickle a graph-hosted symbolic model as torch.fx pickles a GraphModule (its code, rebuilt
+    on load), then give it back its class and state."""
+    fn, args = fx.GraphModule.__reduce__(self)
+    return _rebuild_graph, (fn, args, self._sfx)
+
+
+def _rebuild_graph(fn, args, state: State) -> nn.Module:
+    return attach(fn(*args), state)
+
+
+def _deepcopy_graph(self, memo):
+    # torch.fx copies the modules and meta (which holds our state) with one memo, into an
+    # instance of a subclass of our class; attach gives it a fresh class of its own instead
+    res = fx.GraphModule.__deepcopy__(self, memo)
+    return attach(res, res.meta["symtorch_fx"])
 
 
 def state_of(model) -> State:
