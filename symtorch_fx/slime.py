@@ -322,8 +322,8 @@ class Explanation:
     def latex(self, digits: int = 4) -> str:
         return self.equation.latex(digits)
 
-    def __str__(self) -> str:
-        return self.equation.text(4)
+    def __str__(self) -> str:  # print(exp): the whole report, as the README promises
+        return repr(self)
 
     def __repr__(self) -> str:
         fid = self.fidelity

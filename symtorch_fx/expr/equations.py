@@ -143,6 +143,24 @@ class ParetoFront(Sequence):
         head = f"{self.region} / {self.output}" + (f"  (chosen by {self.rule})" if self.rule else "")
         return head + "\n" + _table(rows)
 
+    def plot(self, ax=None):
+        """Loss against complexity (log scale), the front as a staircase and the chosen
+        equation marked; on ``ax`` or a new figure. Returns the axes. Needs matplotlib."""
+        ax = _axes(ax)
+        cx = [e.complexity for e in self.equations]
+        loss = [max(e.loss, 1e-300) if math.isfinite(e.loss) else math.nan for e in self.equations]
+        ax.step(cx, loss, where="post", color="0.6", lw=1)
+        ax.plot(cx, loss, "o", color="C0", ms=4, label="front")
+        c = self.equation
+        ax.plot([c.complexity], [max(c.loss, 1e-300)], "*", color="C3", ms=12,
+                label=f"chosen: {c.text(3)}" if len(c.text(3)) <= 60 else "chosen")
+        ax.set_yscale("log")
+        ax.set_xlabel("complexity (nodes)")
+        ax.set_ylabel("held-out MSE")
+        ax.set_title(f"{self.region} / {self.output}", fontsize=10)
+        ax.legend(fontsize=7, loc="lower left")  # a front falls to the right: empty there
+        return ax
+
 
 class RegionEquations(Sequence):
     """The fronts of one region, one per output."""
@@ -170,15 +188,28 @@ class RegionEquations(Sequence):
     def latex(self, digits: int = 4) -> str:
         return "\n".join(f"{f.output} = {f.equation.latex(digits)}" for f in self.fronts)
 
-    def __repr__(self) -> str:
+    def _head(self) -> str:
+        head = f"{self.region}  (variables: {', '.join(self.variables)})"
+        if self.projection:
+            head += f"\n  {self.projection}"
+        return head
+
+    def summary(self) -> str:
+        """One line per output: its chosen equation."""
         rows = [("output", "complexity", "loss", "equation")]
         for f in self.fronts:
             e = f.equation
             rows.append((f.output, str(e.complexity), f"{e.loss:.3e}", e.text(4)))
-        head = f"{self.region}  (variables: {', '.join(self.variables)})"
-        if self.projection:
-            head += f"\n  {self.projection}"
-        return head + "\n" + _table(rows)
+        return self._head() + "\n" + _table(rows)
+
+    def __repr__(self) -> str:
+        # every output's Pareto front, its chosen equation marked ">"
+        return self._head() + "\n" + "\n".join(repr(f) for f in self.fronts)
+
+    def plot(self, axes=None):
+        """Each output's front (see :meth:`ParetoFront.plot`), one panel an output. Returns
+        the matplotlib ``Figure``."""
+        return _grid(self.fronts, axes)
 
 
 class Equations(Mapping):
@@ -201,6 +232,46 @@ class Equations(Mapping):
 
     def __repr__(self) -> str:
         return "\n\n".join(repr(v) for v in self._regions.values()) or "(no equations)"
+
+    def summary(self) -> str:
+        """Per region, one line per output: its chosen equation."""
+        return "\n\n".join(v.summary() for v in self._regions.values()) or "(no equations)"
+
+    def plot(self, axes=None):
+        """Every front of every region, one panel a front. Returns the matplotlib ``Figure``."""
+        return _grid([f for v in self._regions.values() for f in v.fronts], axes)
+
+
+def _pyplot():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("plotting fronts needs matplotlib: pip install matplotlib") from e
+    return plt
+
+
+def _axes(ax):
+    return ax if ax is not None else _pyplot().subplots(figsize=(5, 3.5))[1]
+
+
+def _grid(fronts, axes):
+    """One panel per front, at most 4 a row; ``axes``: an array of axes to draw into."""
+    n = len(fronts)
+    if axes is None:
+        cols = min(n, 4)
+        rows = -(-n // cols) if n else 1
+        fig, axes = _pyplot().subplots(rows, max(cols, 1), figsize=(4.5 * max(cols, 1), 3.3 * rows),
+                                       squeeze=False)
+    axes = np.asarray(axes).ravel()
+    if len(axes) < n:
+        raise ValueError(f"{n} fronts to plot, but {len(axes)} axes were given")
+    for front, ax in zip(fronts, axes):
+        front.plot(ax)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig = axes[0].figure
+    fig.tight_layout()
+    return fig
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:

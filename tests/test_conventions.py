@@ -1,0 +1,148 @@
+"""What a PyTorch user expects of any module: copy, pickle, torch.save, state_dict; and a lean
+install (issue 18). The engine proposes fixed equations: these tests are about the model."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pathlib
+import pickle
+import subprocess
+import sys
+
+import pytest
+import tomllib
+import torch
+import torch.nn as nn
+from conftest import Candidates
+
+import symtorch_fx as sfx
+
+QUICK = dict(selection="accuracy", restarts=1, transforms=(), prune=False, executor="inline",
+             progress=False)
+X = torch.linspace(-1, 1, 512).reshape(256, 2)
+
+
+class Law(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return (0.5 + 2 * x[..., 0] * x[..., 1]).unsqueeze(-1)
+
+
+class Traceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = Law()
+        self.head = nn.Linear(1, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+class Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = Law()
+        self.head = nn.Linear(1, 1)
+
+    def forward(self, x):
+        y = self.body(x)
+        return self.head(y) if x.sum() > -1e9 else y  # data-dependent: torch.fx cannot trace
+
+
+def _symbolic(cls):
+    torch.manual_seed(0)
+    return sfx.compile(cls().eval(), ["body"], [X],
+                       engine=Candidates(["0.5 + 2*x0*x1", "x0*x1"]), **QUICK)
+
+
+def _torch_round_trip(m):
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+@pytest.mark.parametrize("cls", [Traceable, Untraceable])
+@pytest.mark.parametrize("how", [copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m)),
+                                 _torch_round_trip], ids=["deepcopy", "pickle", "torch.save"])
+def test_a_copied_symbolic_model_keeps_its_api(cls, how):
+    sym = _symbolic(cls)
+    with torch.no_grad():
+        sym.symbolic_modules["body"].constants.add_(0.25)  # tuned constants travel too
+        want = sym(X)
+    c = how(sym)
+    assert isinstance(c, sfx.SymbolicModel) and type(c).__name__ == f"Symbolic{cls.__name__}"
+    if cls is Untraceable:
+        assert isinstance(c, Untraceable)
+    with torch.no_grad():
+        torch.testing.assert_close(c(X), want)
+        assert str(c.equations["body"].fronts[0].equation) == str(
+            sym.equations["body"].fronts[0].equation)
+        c.use("neural")
+        torch.testing.assert_close(c(X), sfx.restore(sym)(X))
+        c.use("symbolic")
+        c.select("body", complexity=1)  # the mean, from the front
+        assert c.equations["body"].fronts[0].equation.complexity == 1
+        assert torch.allclose(c(X), c(X)[:1].expand(len(X), 1))
+    assert sym.modes == {"body": "symbolic"}  # the original is untouched
+    with torch.no_grad():
+        torch.testing.assert_close(sym(X), want)
+
+
+@pytest.mark.parametrize("cls", [Traceable, Untraceable])
+def test_state_dict_into_a_freshly_loaded_model_keeps_the_tuned_constants(cls, tmp_path):
+    sym = _symbolic(cls)
+    path = tmp_path / "m.sfx"
+    sfx.save(sym, path)
+    with torch.no_grad():
+        sym.symbolic_modules["body"].constants.mul_(1.5)  # tuned after saving
+        want = sym(X)
+    fresh = sfx.load(path, cls().eval())
+    fresh.load_state_dict(sym.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(X), want)
+    assert str(fresh.equations["body"].fronts[0].equation) == str(
+        sym.equations["body"].fronts[0].equation)
+
+
+def test_the_package_installs_without_triton():
+    meta = tomllib.loads((pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text())
+    project = meta["project"]
+    assert not any(d.startswith("triton") for d in project["dependencies"])
+    assert any(d.startswith("triton") for d in project["optional-dependencies"]["gpu"])
+    assert any(d.startswith("triton") for d in project["optional-dependencies"]["dev"])
+    # importing symtorch_fx, and choosing kernels, must not need it
+    code = ("import sys, builtins; real = builtins.__import__\n"
+            "def imp(name, *a, **k):\n"
+            "    if name == 'triton' or name.startswith('triton.'): raise ImportError(name)\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = imp\n"
+            "import symtorch_fx as sfx, torch\n"
+            "from symtorch_fx.kernels import triton as t\n"
+            "assert not t.available()\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_printed_equations_show_every_front_and_plots_draw_them(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    sym = _symbolic(Traceable)
+    text = repr(sym.equations)
+    front = sym.equations["body"][0]
+    for e in front:  # every equation of the front, not only the chosen one
+        assert e.text(4) in text
+    assert "> " in text or ">  " in text  # the chosen one marked
+    assert "2*x0*x1 + 0.5" in sym.equations.summary()
+    ax = front.plot()
+    assert ax.get_yscale() == "log" and len(ax.lines) == 3
+    fig = sym.equations.plot()
+    fig.savefig(tmp_path / "fronts.png")
+    assert (tmp_path / "fronts.png").stat().st_size > 1000
+    assert len([a for a in fig.axes if a.get_visible()]) == len(sym.equations["body"])
