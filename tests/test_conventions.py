@@ -146,3 +146,29 @@ def test_printed_equations_show_every_front_and_plots_draw_them(tmp_path):
     fig.savefig(tmp_path / "fronts.png")
     assert (tmp_path / "fronts.png").stat().st_size > 1000
     assert len([a for a in fig.axes if a.get_visible()]) == len(sym.equations["body"])
+
+
+def test_operon_takes_operators_it_composes_and_pysr_style_definitions():
+    import numpy as np
+    from conftest import equivalent
+
+    from symtorch_fx.expr.grammar import parse, variable
+    from symtorch_fx.search.operon import operator_symbols
+
+    assert operator_symbols("inv") == ["div"] and operator_symbols("cube") == ["mul"]
+    assert operator_symbols("inv(x) = 1/x") == ["div"]
+    assert set(operator_symbols("gauss(x) = exp(-x^2)")) == {"exp", "sub", "square"}
+    assert set(operator_symbols("hyp(x, y) = sqrt(x^2 + y^2)")) == {"sqrt", "add", "square"}
+    for bad, word in [("erf", "no erf"), ("f(x) = sign(x)", "no sign"), ("foo", "define one"),
+                      ("f(x) = x +", "definition")]:
+        with pytest.raises(sfx.SymTorchFXError, match=word):
+            sfx.Operon(operators=["add", bad])
+    # the real engine, with div only through "inv", finds a law that needs it
+    rng = np.random.default_rng(0)
+    X = rng.uniform(1, 3, (400, 2))
+    y = 2 / X[:, 0] + X[:, 1]
+    engine = sfx.Operon(operators=["add", "mul", "inv"], population_size=200, generations=30,
+                        max_length=12, restarts=1, transforms=())
+    x0, x1 = variable("x0"), variable("x1")
+    texts = engine.search(X, y, ["x0", "x1"], seed=0)
+    assert any(equivalent(parse(t, {"x0": x0, "x1": x1}), 2 / x0 + x1) for t in texts)

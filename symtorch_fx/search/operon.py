@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import sympy
 
-from ..errors import EngineUnavailableError, SymTorchFXError
-from ..expr.ops import BINARY_OPERATORS, UNARY_OPERATORS
+from ..errors import EngineUnavailableError, EquationSyntaxError, SymTorchFXError
+from ..expr.grammar import parse, to_text, variable
+from ..expr.ops import BINARY_OPERATORS, FUNCTIONS, PRINT_NAMES, UNARY_OPERATORS
 from .engine import resample_by_weight, settings_repr
 from .transforms import check_transforms
 
@@ -19,6 +22,96 @@ _OPERON_SYMBOLS = {
     "tan", "tanh", "square", "fmin", "fmax",
 }
 _ALIASES = {"min": "fmin", "max": "fmax"}
+#: sympy's classes of the functions Operon has (the grammar's names for them)
+_FUNCTION_SYMBOLS = {cls: name for cls, name in PRINT_NAMES.items()
+                     if _ALIASES.get(name, name) in _OPERON_SYMBOLS}
+_DEFINITION = re.compile(
+    r"\s*([A-Za-z_]\w*)\s*\(\s*([A-Za-z_]\w*)\s*(?:,\s*([A-Za-z_]\w*)\s*)?\)\s*=\s*(.+)\Z", re.S)
+
+
+def operator_symbols(op: str) -> list[str]:
+    """Operon's symbols that build operator ``op``.
+
+    ``op`` is one of Operon's own (``add``, ``sin``, ...), another operator of the grammar that
+    Operon composes from its own (``inv`` from ``div``, ``cube`` from ``mul``, ``neg`` from
+    ``sub``, ``relu`` from ``fmax``, ``sigmoid`` from ``exp`` and ``div``, ...), or a definition
+    in PySR's style whose body is in the grammar: ``"inv(x) = 1/x"``,
+    ``"gauss(x) = exp(-x^2)"``, ``"hyp(x, y) = sqrt(x^2 + y^2)"``. The search then uses the
+    symbols the body is made of; its equations come back written with them. An operator Operon
+    cannot build (``erf``, ``sign``, ...) is an error that says so.
+    """
+    if not isinstance(op, str):
+        raise SymTorchFXError(f"an operator is a name or a definition 'f(x) = ...', got {op!r}")
+    name = _ALIASES.get(op, op)
+    if name in _OPERON_SYMBOLS:
+        return [name]
+    m = _DEFINITION.match(op)
+    if m is not None:
+        args = [a for a in m.group(2, 3) if a]
+        try:
+            body = parse(m.group(4), {a: variable(a) for a in args})
+        except EquationSyntaxError as e:
+            raise SymTorchFXError(f"operator definition {op!r}: {e}") from e
+        what = f"operator {m.group(1)!r} ({op})"
+    elif op in FUNCTIONS:
+        arity, build = FUNCTIONS[op]
+        body = build(*(variable(f"a{i}") for i in range(arity)))
+        what = f"operator {op!r} ({to_text(body)})"
+    else:
+        known = sorted((UNARY_OPERATORS | BINARY_OPERATORS) & (_OPERON_SYMBOLS | set(_ALIASES)))
+        raise SymTorchFXError(
+            f"Operon cannot search with operator {op!r}; choose from: {', '.join(known)}, other "
+            "operators of the grammar it composes (inv, neg, cube, relu, sigmoid, log2, ...), or "
+            "define one: 'name(x) = <formula>'")
+    return _symbols_of(body, what)
+
+
+def _symbols_of(e, what: str) -> list[str]:
+    """The Operon symbols an expression is made of (a part without variables is a constant)."""
+    out: list[str] = []
+
+    def walk(node) -> None:
+        if node.is_Atom or not node.free_symbols:
+            return
+        if node.is_Add:
+            out.append("sub" if any(a.could_extract_minus_sign() for a in node.args) else "add")
+        elif node.is_Mul:
+            if node.args[0] == -1 and len(node.args) == 2:
+                out.append("sub")  # -u is 0 - u
+            else:
+                out.append("div" if any(f.is_Pow and f.exp.is_negative for f in node.args)
+                           else "mul")
+        elif node.is_Pow:
+            x = node.exp
+            if x == 2:
+                out.append("square")
+            elif x == sympy.Rational(1, 2):
+                out.append("sqrt")
+            elif x == sympy.Rational(1, 3):
+                out.append("cbrt")
+            elif x.is_Integer:
+                out.append("div" if x < 0 else "mul")
+                if abs(x) > 1 and x < 0:
+                    out.append("mul")
+            else:
+                out.append("pow")
+        elif type(node) in _FUNCTION_SYMBOLS:
+            out.append(_ALIASES.get(_FUNCTION_SYMBOLS[type(node)], _FUNCTION_SYMBOLS[type(node)]))
+        elif isinstance(node, sympy.Function) and node.rewrite(sympy.exp) != node:
+            walk(node.rewrite(sympy.exp))
+            return
+        else:
+            fn = getattr(node.func, "__name__", str(node.func))
+            raise SymTorchFXError(
+                f"Operon cannot build {what}: it has no {fn}. Its functions are "
+                f"{', '.join(sorted(_OPERON_SYMBOLS))}; use sfx.PySR for {fn}, or leave the "
+                "operator out")
+        for a in node.args:
+            walk(a)
+
+    walk(e)
+    return list(dict.fromkeys(out))
+
 
 DEFAULT_OPERATORS = ("add", "sub", "mul", "div", "sin", "cos", "exp", "log", "sqrt", "square")
 
@@ -32,7 +125,12 @@ class Operon:
 
     Args:
         operators: functions and binary operators the search may use (``add sub mul div pow
-            min max aq`` and unary ``sin cos tan exp log sqrt square tanh abs ...``).
+            min max aq`` and unary ``sin cos tan exp log sqrt square tanh abs ...``); other
+            operators of the grammar that Operon composes from its own (``inv``, ``neg``,
+            ``cube``, ``relu``, ``sigmoid``, ``log2``, ...); or definitions in PySR's style,
+            ``"inv(x) = 1/x"``, ``"gauss(x) = exp(-x^2)"``, whose bodies (in the equation
+            grammar) say which of Operon's symbols to search with (see
+            :func:`operator_symbols`).
         population_size, generations, max_evaluations: search budget.
         max_length, max_depth: the largest expression tree searched (nodes / depth).
         optimizer_iterations: Levenberg-Marquardt steps on the constants of each offspring.
@@ -117,15 +215,7 @@ class Operon:
         return settings_repr(self)
 
     def _symbols(self) -> str:
-        out = []
-        for op in self.operators:
-            name = _ALIASES.get(op, op)
-            if name not in _OPERON_SYMBOLS:
-                known = sorted((UNARY_OPERATORS | BINARY_OPERATORS) & (_OPERON_SYMBOLS | set(_ALIASES)))
-                raise SymTorchFXError(
-                    f"Operon cannot search with operator {op!r}; choose from: {', '.join(known)}"
-                )
-            out.append(name)
+        out = [s for op in self.operators for s in operator_symbols(op)]
         return ",".join(dict.fromkeys(out + ["constant", "variable"]))
 
     def with_operators(self, operators: Sequence[str]) -> "Operon":
@@ -134,7 +224,8 @@ class Operon:
         import copy
 
         narrowed = copy.copy(self)
-        narrowed.operators = tuple(op for op in self.operators if op in operators)
+        narrowed.operators = tuple(op for op in self.operators
+                                   if set(operator_symbols(op)) <= set(operators))
         if not narrowed.operators:
             warnings.warn(
                 f"none of the operators {tuple(operators)} asked for is in this engine's "
