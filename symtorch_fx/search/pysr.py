@@ -7,13 +7,14 @@ without it gets an error that says what to do instead of a hang or a half-finish
 
 from __future__ import annotations
 
+import copy
 import glob
 import importlib.util
 import os
 import shutil
 import sys
 
-from ..errors import EngineUnavailableError
+from ..errors import EngineUnavailableError, SymTorchFXError
 from .engine import settings_repr
 
 
@@ -45,14 +46,34 @@ class PySR:
 
     ``random_state`` defaults to the job's seed. Each job runs in the calling process (PySR
     parallelizes inside Julia), so the default executor for this engine is inline.
+
+    ``X_units`` (one unit per variable, in the order of the target's variables, e.g.
+    ``["m", "s"]``) and ``y_units`` (``"m/s"``) go to ``PySRRegressor.fit``, for its
+    dimensional-analysis penalty (``dimensional_constraint_penalty=``). A search of a transform
+    of the output (``y^2``, ``log|y|``, ``y/m(x)``) drops ``y_units``, which the transformed
+    output no longer has.
     """
 
     name = "pysr"
     parallel_jobs = False
     restarts = 1  # PySR runs many populations inside one search already
 
-    def __init__(self, **kwargs):
+    def __init__(self, X_units=None, y_units=None, **kwargs):
+        if X_units is not None and (isinstance(X_units, str) or not all(
+                isinstance(u, str) for u in X_units)):
+            raise SymTorchFXError(f"X_units is a list of unit strings, one per variable, got "
+                                  f"{X_units!r}")
+        if y_units is not None and not isinstance(y_units, str):
+            raise SymTorchFXError(f"y_units is a unit string such as 'm/s', got {y_units!r}")
+        self.X_units = None if X_units is None else list(X_units)
+        self.y_units = y_units
         self.kwargs = kwargs
+
+    def for_transform(self, transform) -> "PySR":
+        """This engine for a search of a transform of the output: without ``y_units``."""
+        engine = copy.copy(self)
+        engine.y_units = None
+        return engine
 
     def __repr__(self) -> str:
         return settings_repr(self)
@@ -87,8 +108,17 @@ class PySR:
         kwargs.setdefault("random_state", int(seed) % (2**31))
         kwargs.setdefault("progress", False)
         kwargs.setdefault("verbosity", 0)
+        units = {}
+        if self.X_units is not None:
+            if len(self.X_units) != len(variables):
+                raise SymTorchFXError(
+                    f"X_units gives {len(self.X_units)} units, but the target has "
+                    f"{len(variables)} variables ({', '.join(variables)}); give one per variable")
+            units["X_units"] = self.X_units
+        if self.y_units is not None:
+            units["y_units"] = self.y_units
         model = PySRRegressor(**kwargs)
-        model.fit(X, y, weights=weights, variable_names=list(variables))
+        model.fit(X, y, weights=weights, variable_names=list(variables), **units)
         eqs = model.equations_
         if isinstance(eqs, list):  # several outputs at once: not how we call it, but be safe
             eqs = eqs[0]
