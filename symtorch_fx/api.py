@@ -15,9 +15,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import RecordingError, SymTorchFXError, UntraceableModelError
+from .errors import (
+    EquationSyntaxError,
+    RecordingError,
+    SymTorchFXError,
+    UntraceableModelError,
+)
 from .expr.equations import ParetoFront
-from .expr.grammar import reserved, to_text, variable
+from .expr.grammar import check_variable_names, reserved, to_text, variable
 from .graph.instrument import Recorder
 from .graph.match import Region, bind_module_sites, match_modules, match_patterns
 from .graph.rewrite import GraphHost, SwapHost, SymbolicModule
@@ -163,6 +168,7 @@ def convert(
     kernel: str = "auto",
     allow_wide: bool = False,
     checkpoint: str | os.PathLike | None = None,
+    variable_names=None,
 ) -> nn.Module:
     """Distill every recorded region and return the symbolic model.
 
@@ -208,6 +214,10 @@ def convert(
             a 640 -> 2048 -> 640 MLP would queue 1,280 searches.
         checkpoint: where to save the fronts if anything fails after the search (default: a
             file in the temporary directory, named in the error).
+        variable_names: the names of a target's input features in its equations, instead of
+            those made from its forward's argument names: a list (for every target) or
+            ``{target: [names]}``. Identifiers that are not functions or constants of the
+            equation grammar; saved with the equations.
     """
     st = _prepared_state(prepared)
     _dry_run(st)
@@ -215,7 +225,8 @@ def convert(
         st.regions, st.recorders, engine=engine, selection=selection, noise=noise,
         restarts=restarts, transforms=transforms, prune=prune, reduce=reduce,
         executor=executor, progress=progress,
-        validation=validation, seed=seed, kernel=kernel, allow_wide=allow_wide)
+        validation=validation, seed=seed, kernel=kernel, allow_wide=allow_wide,
+        variable_names=variable_names)
     modes = {name: "symbolic" for name in results}
     try:
         sym = st.host.symbolic({k: r.module for k, r in results.items()}, modes)
@@ -277,6 +288,7 @@ def distill_recordings(
     seed: int = 0,
     kernel: str = "auto",
     allow_wide: bool = False,
+    variable_names=None,
 ) -> dict[str, RegionResult]:
     """Recordings -> fronts -> chosen equations -> SymbolicModules, per region."""
     from .search.operon import Operon
@@ -295,6 +307,12 @@ def distill_recordings(
     if not isinstance(prune, bool):
         raise SymTorchFXError(f"prune must be True or False, got {prune!r}")
 
+    if isinstance(variable_names, dict):
+        unknown = sorted(set(variable_names) - {r.name for r in regions})
+        if unknown:
+            raise SymTorchFXError(
+                f"variable_names names {unknown}, which are not targets; the targets are: "
+                f"{', '.join(r.name for r in regions)}")
     data, jobs = {}, []
     for ri, region in enumerate(regions):
         rec = recorders[region.name]
@@ -311,8 +329,9 @@ def distill_recordings(
                 "the prepared model (at least a few hundred rows give useful equations)"
             )
         projection = fit_reduction(reduce, X, Y, region.name)
+        given = _given_names(variable_names, region.name, rec.layout.n_features, projection)
         if projection is None:
-            names = feature_names(getattr(rec, "input_names", []), rec.layout)
+            names = given or feature_names(getattr(rec, "input_names", []), rec.layout)
             outs = output_names(rec.layout)
         else:
             X, Y = projection.inputs(X), projection.targets(Y)
@@ -378,6 +397,33 @@ def _results_of(regions, recorders, data, jobs, searched, engine, selection, noi
             info["projection"] = projection.describe()
         results[region.name] = RegionResult(region, tuple(names), fronts, module, info=info)
     return results
+
+
+def _given_names(variable_names, region: str, n: int, projection) -> list[str] | None:
+    """The variable names the user gave for ``region`` (checked), or None."""
+    if variable_names is None:
+        return None
+    if isinstance(variable_names, dict):
+        names = variable_names.get(region)
+        if names is None:
+            return None
+    else:
+        names = variable_names
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise SymTorchFXError(f"variable_names for {region!r} must be a list of names, got "
+                              f"{names!r}")
+    if projection is not None:
+        raise SymTorchFXError(
+            f"variable_names for {region!r}: its equations are over the components of "
+            "reduce=, not its features; drop one of the two for this target")
+    if len(names) != n:
+        raise SymTorchFXError(f"variable_names gives {len(names)} names for {region!r}, which "
+                              f"has {n} input features")
+    try:
+        check_variable_names(names)
+    except EquationSyntaxError as e:
+        raise SymTorchFXError(f"variable_names for {region!r}: {e}") from e
+    return list(names)
 
 
 #: searches one region may queue without ``allow_wide=True`` (8 outputs of the default Operon)

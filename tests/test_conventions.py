@@ -172,3 +172,62 @@ def test_operon_takes_operators_it_composes_and_pysr_style_definitions():
     x0, x1 = variable("x0"), variable("x1")
     texts = engine.search(X, y, ["x0", "x1"], seed=0)
     assert any(equivalent(parse(t, {"x0": x0, "x1": x1}), 2 / x0 + x1) for t in texts)
+
+
+class _RecordingRegressor:
+    """Stands in for pysr.PySRRegressor to see what the PySR engine passes to ``fit`` (PySR
+    needs Julia, which this machine cannot install); it claims no recovery."""
+
+    calls: list[dict] = []
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    def fit(self, X, y, **kwargs):
+        _RecordingRegressor.calls.append(kwargs)
+        self.equations_ = {"equation": ["x0 + x1"]}
+
+
+def test_pysr_gets_units_and_a_transformed_search_drops_the_output_units(monkeypatch):
+    import importlib.machinery
+    import types
+
+    import numpy as np
+
+    stub = types.ModuleType("pysr")
+    stub.__spec__ = importlib.machinery.ModuleSpec("pysr", None)
+    stub.PySRRegressor = _RecordingRegressor
+    monkeypatch.setitem(sys.modules, "pysr", stub)
+    monkeypatch.setenv("SYMTORCH_FX_SKIP_JULIA_CHECK", "1")
+    _RecordingRegressor.calls.clear()
+    engine = sfx.PySR(X_units=["m", "s"], y_units="m/s", niterations=5)
+    X, y = np.ones((10, 2)), np.ones(10)
+    assert engine.search(X, y, ["x0", "x1"], seed=0) == ["x0 + x1"]
+    assert _RecordingRegressor.calls[-1]["X_units"] == ["m", "s"]
+    assert _RecordingRegressor.calls[-1]["y_units"] == "m/s"
+    from symtorch_fx.search.transforms import TRANSFORMS
+
+    engine.for_transform(TRANSFORMS["square"]).search(X, y, ["x0", "x1"], seed=0)
+    assert "y_units" not in _RecordingRegressor.calls[-1]
+    assert _RecordingRegressor.calls[-1]["X_units"] == ["m", "s"]
+    with pytest.raises(sfx.SymTorchFXError, match="one per variable"):
+        engine.search(np.ones((10, 3)), y, ["x0", "x1", "x2"], seed=0)
+    with pytest.raises(sfx.SymTorchFXError, match="unit string"):
+        sfx.PySR(y_units=3)
+
+
+def test_variable_names_for_any_target_are_used_and_saved(tmp_path):
+    model = Traceable().eval()
+    sym = sfx.compile(model, ["body"], [X], engine=Candidates(["0.5 + 2*mass*speed"]),
+                      variable_names={"body": ["mass", "speed"]}, **QUICK)
+    assert str(sym.equations["body"][0].equation) == "2*mass*speed + 0.5"
+    path = tmp_path / "m.sfx"
+    sfx.save(sym, path)
+    loaded = sfx.load(path, Traceable().eval())
+    assert loaded.equations["body"].variables == ("mass", "speed")
+    for bad, word in [(["a"], "2 input features"), (["sin", "b"], "reserved"),
+                      ({"bdy": ["a", "b"]}, "not targets"), ("ab", "list of names"),
+                      (["a", "a"], "twice")]:
+        with pytest.raises(sfx.SymTorchFXError, match=word):
+            sfx.compile(model, ["body"], [X], engine=Candidates(["x0"]), variable_names=bad,
+                        **QUICK)
