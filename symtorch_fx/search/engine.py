@@ -15,16 +15,36 @@ import numpy as np
 
 @runtime_checkable
 class Engine(Protocol):
+    """What ``convert(engine=...)`` accepts: ``sfx.Operon``, ``sfx.PySR``, or your own class.
+
+    Required: ``name`` (shown in progress bars and reports), ``parallel_jobs`` (whether
+    independent searches may run at once in worker processes or threads), ``check()`` and
+    ``search(X, y, variables, seed, weights=None)``, which fits ``y ~ f(X)`` and returns
+    candidate equations as text in the equation grammar. An engine must be picklable to run in
+    worker processes: settings in ``__init__``, nothing fitted on it.
+
+    Optional, read when present: ``restarts``, the independent searches per output that
+    ``convert`` runs and merges unless its ``restarts=`` says otherwise (default 1);
+    ``transforms``, the transforms of the output searched beside them, one search per entry
+    (default none; see ``search.transforms.TRANSFORMS``); ``for_transform(t)``, the engine to
+    use for a search through transform ``t`` (default: the engine, its vocabulary narrowed by
+    ``with_operators(t.operators)`` when it has that method).
+
+    Example::
+
+        class Fixed:
+            name, parallel_jobs = "fixed", False
+            def check(self): pass
+            def search(self, X, y, variables, seed, weights=None):
+                return ["x0*x1 + 0.5"]
+
+        sym = sfx.compile(model, ["mlp"], batches, engine=Fixed())
+    """
+
     #: short name shown in progress bars and reports
     name: str
     #: whether independent jobs may run concurrently in worker processes/threads
     parallel_jobs: bool
-    # optional, so not members of the protocol: ``restarts``, the independent searches per
-    # output that ``convert`` runs and merges unless its ``restarts=`` says otherwise (default 1),
-    # ``transforms``, the transforms of the output searched beside them, one search per entry
-    # (default none; see ``search.transforms.TRANSFORMS``), and ``for_transform(t)``, the engine to use for
-    # a search through transform ``t`` (default: the engine, its vocabulary narrowed by
-    # ``with_operators(t.operators)`` when it has that method)
 
     def check(self) -> None:
         """Raise :class:`EngineUnavailableError` (saying how to fix it) if the engine cannot run."""
