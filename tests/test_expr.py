@@ -125,3 +125,32 @@ def test_print_parse_roundtrip(e):
             a, b = complex(e.evalf(30, subs=point)), complex(back.evalf(30, subs=point))
             if a.imag == 0 and b.imag == 0 and math.isfinite(a.real) and math.isfinite(b.real):
                 assert math.isclose(a.real, b.real, rel_tol=1e-12, abs_tol=1e-12), (text, point)
+
+
+def test_the_float_op_table_agrees_with_the_sympy_one():
+    """The parser checks number-only parts with ops.NUMERIC; they must mean what FUNCTIONS
+    builds, for every function of the grammar."""
+    import math
+
+    import sympy
+
+    from symtorch_fx.expr.ops import FUNCTIONS, NUMERIC
+
+    assert set(NUMERIC) == set(FUNCTIONS)
+    points = [0.3, 0.7, 1.9, -0.45, 2.5]
+    for name, (arity, build) in FUNCTIONS.items():
+        for k, a in enumerate(points):
+            args = [a, points[(k + 2) % len(points)]][:arity]
+            try:
+                want = complex(build(*(sympy.Float(v) for v in args)).evalf(30))
+            except (TypeError, ValueError):
+                want = None
+            try:
+                got = NUMERIC[name](*args)
+            except (ValueError, ZeroDivisionError, OverflowError):
+                got = None
+            if want is None or want.imag != 0 or not math.isfinite(want.real):
+                assert got is None or isinstance(got, complex), (name, args, got)
+                continue
+            assert got is not None and math.isclose(got, want.real, rel_tol=1e-12,
+                                                    abs_tol=1e-12), (name, args, got, want)
