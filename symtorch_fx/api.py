@@ -35,6 +35,7 @@ from .search import select as rules
 from .search.distill import Job, Searched, front_of_scored, run_jobs, split_rows
 from .search.engine import default_restarts, default_transforms
 from .search.transforms import TRANSFORMS, check_transforms
+from .serialize import write
 
 
 @dataclass
@@ -259,8 +260,6 @@ def _keep_search(e: BaseException, results: dict, host, checkpoint) -> None:
     path = checkpoint or os.path.join(tempfile.gettempdir(), f"symtorch_fx-{os.getpid()}-"
                                                              f"{int(time.time())}.sfx")
     try:
-        from .serialize import write
-
         write(path, results, {name: "symbolic" for name in results}, host=host.kind,
               class_name=host.class_name, through_nn=getattr(host, "through_nn", False))
     except Exception as err:  # noqa: BLE001 - the original error is the one to report

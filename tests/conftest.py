@@ -79,6 +79,19 @@ class Wrapped(nn.Module):
         return self.mlp(x) * self.scale
 
 
+class ExactLaw(nn.Module):
+    """y = 0.5 + 2*x0*x1 on two features, exactly: the candidate '0.5 + 2*x0*x1' fits it with no
+    error, so tests of the pass (files, copies, names) know which equation is chosen. Its one
+    parameter lets load() find the model's device."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return (0.5 + 2 * x[..., 0] * x[..., 1]).unsqueeze(-1)
+
+
 def round_constants(expr: sympy.Expr, digits: int = 1) -> sympy.Expr:
     return expr.xreplace({f: sympy.Float(round(float(f), digits)) for f in expr.atoms(sympy.Float)})
 

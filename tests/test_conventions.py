@@ -14,7 +14,7 @@ import pytest
 import tomllib
 import torch
 import torch.nn as nn
-from conftest import Candidates
+from conftest import Candidates, ExactLaw
 
 import symtorch_fx as sfx
 
@@ -23,13 +23,7 @@ QUICK = dict(selection="accuracy", restarts=1, transforms=(), prune=False, execu
 X = torch.linspace(-1, 1, 512).reshape(256, 2)
 
 
-class Law(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(2, 2)
-
-    def forward(self, x):
-        return (0.5 + 2 * x[..., 0] * x[..., 1]).unsqueeze(-1)
+Law = ExactLaw
 
 
 class Traceable(nn.Module):

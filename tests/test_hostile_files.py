@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 import torch.nn as nn
-from conftest import Candidates
+from conftest import Candidates, ExactLaw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,19 +24,7 @@ LAW = "0.5 + 2*x0*x1"
 PAYLOAD = 'a") if exec("import builtins; builtins.SFX_PWNED = 1") else getattr(self, "lin'
 
 
-class Law(nn.Module):
-    """Computes LAW exactly, so the one candidate fits and is chosen."""
-
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(2, 2)  # a parameter, so load() finds the model's device
-
-    def forward(self, x):
-        return self.law(x)
-
-    @staticmethod
-    def law(x):
-        return (0.5 + 2 * x[..., 0] * x[..., 1]).unsqueeze(-1)
+Law = ExactLaw
 
 
 class Host(nn.Module):
