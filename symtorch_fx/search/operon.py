@@ -131,9 +131,12 @@ class Operon:
             ``"inv(x) = 1/x"``, ``"gauss(x) = exp(-x^2)"``, whose bodies (in the equation
             grammar) say which of Operon's symbols to search with (see
             :func:`operator_symbols`).
-        population_size, generations, max_evaluations: search budget.
-        max_length, max_depth: the largest expression tree searched (nodes / depth).
+        population_size: search budget: individuals per generation.
+        generations: search budget: generations per search.
+        max_length: the largest expression tree searched, in nodes.
+        max_depth: the deepest expression tree searched.
         optimizer_iterations: Levenberg-Marquardt steps on the constants of each offspring.
+        max_evaluations: search budget: fitness evaluations per search.
         max_time: wall-clock limit in seconds per search (None: no limit).
         max_rows: rows given to each search (a uniform subsample, drawn per search, when there
             are more).
