@@ -23,7 +23,20 @@ from .errors import SymTorchFXError
 
 @dataclass
 class Projection:
-    """A fitted reduction. Bases have orthonormal columns."""
+    """A fitted reduction. Bases have orthonormal columns.
+
+    The symbolic node computes ``y = out_mean + f((x - in_mean) @ in_basis) @ out_basis.T``,
+    ``f`` the equations distilled between the components.
+
+    Attributes:
+        in_mean: the mean input row, ``(F,)``.
+        in_basis: the input directions, ``(F, a)``.
+        out_mean: the mean output row, ``(K,)``.
+        out_basis: the output directions, ``(K, b)``.
+        in_explained: the fraction of the inputs' variance inside the span of ``in_basis``.
+        out_explained: the fraction of the outputs' variance inside the span of ``out_basis``.
+        method: ``"pca"`` or ``"learned"``.
+    """
 
     in_mean: np.ndarray  # (F,)
     in_basis: np.ndarray  # (F, a)
@@ -35,28 +48,36 @@ class Projection:
 
     @property
     def n_inputs(self) -> int:
+        """The number of input components (``a``)."""
         return self.in_basis.shape[1]
 
     @property
     def n_outputs(self) -> int:
+        """The number of output components (``b``)."""
         return self.out_basis.shape[1]
 
     def inputs(self, X: np.ndarray) -> np.ndarray:
+        """Project input rows ``(n, F)`` onto the input components, ``(n, a)``."""
         return (X - self.in_mean) @ self.in_basis
 
     def targets(self, Y: np.ndarray) -> np.ndarray:
+        """Project output rows ``(n, K)`` onto the output components, ``(n, b)``: what the
+        equations are fitted to."""
         return (Y - self.out_mean) @ self.out_basis
 
     def outputs(self, W: np.ndarray) -> np.ndarray:
+        """Map output components ``(n, b)`` back to output rows ``(n, K)``."""
         return W @ self.out_basis.T + self.out_mean
 
     def describe(self) -> str:
+        """One line: the method, the widths before and after, and the variance kept."""
         F, a = self.in_basis.shape
         K, b = self.out_basis.shape
         return (f"{self.method}: inputs {F} -> {a} components ({100 * self.in_explained:.1f}% of "
                 f"variance), outputs {K} -> {b} components ({100 * self.out_explained:.1f}%)")
 
     def to_json(self) -> dict:
+        """The projection as plain JSON data (lists of floats), as ``sfx.save`` writes it."""
         return {"method": self.method, "in_mean": self.in_mean.tolist(),
                 "in_basis": self.in_basis.tolist(), "out_mean": self.out_mean.tolist(),
                 "out_basis": self.out_basis.tolist(), "in_explained": self.in_explained,
@@ -64,6 +85,8 @@ class Projection:
 
     @classmethod
     def from_json(cls, d: dict) -> Projection:
+        """The projection ``to_json`` wrote, checked: finite numbers, matrices for the bases,
+        means that fit them; :class:`SymTorchFXError` otherwise."""
         arrays = {}
         for k in ("in_mean", "in_basis", "out_mean", "out_basis"):
             a = np.asarray(d[k], dtype=np.float64)
@@ -127,6 +150,8 @@ class PCA:
         return f"PCA(inputs={self.inputs}, outputs={self.outputs})"
 
     def fit(self, X: np.ndarray, Y: np.ndarray, region: str = "") -> Projection:
+        """Fit the projection to recorded input rows ``X`` ``(n, F)`` and output rows ``Y``
+        ``(n, K)`` of ``region`` (named in errors)."""
         a = _check(self.inputs, X.shape[1], "inputs", region)
         b = _check(self.outputs, Y.shape[1], "outputs", region)
         mx, my = X.mean(0), Y.mean(0)
@@ -156,6 +181,8 @@ class LearnedProjection:
         return f"LearnedProjection(inputs={self.inputs}, outputs={self.outputs})"
 
     def fit(self, X: np.ndarray, Y: np.ndarray, region: str = "") -> Projection:
+        """Fit the projection to recorded input rows ``X`` ``(n, F)`` and output rows ``Y``
+        ``(n, K)`` of ``region`` (named in errors)."""
         a = _check(self.inputs, X.shape[1], "inputs", region)
         b = _check(self.outputs, Y.shape[1], "outputs", region)
         mx, my = X.mean(0), Y.mean(0)

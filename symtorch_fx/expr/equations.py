@@ -51,6 +51,7 @@ class Equation:
 
     @property
     def expr(self) -> sympy.Expr:
+        """The sympy expression (numeric constants inlined), over ``variables``."""
         if self._expr is None:
             self._expr = parse(self._text, {v.name: v for v in self.variables})
         return self._expr
@@ -69,6 +70,7 @@ class Equation:
 
     @property
     def sympy(self) -> sympy.Expr:
+        """The same as ``expr``."""
         return self.expr
 
     def text(self, digits: int | None = None) -> str:
@@ -76,6 +78,7 @@ class Equation:
         return to_text(self.expr, digits)
 
     def latex(self, digits: int = 4) -> str:
+        """The equation as LaTeX, constants rounded to ``digits`` significant digits."""
         return sympy.latex(_round(self.expr, digits))
 
     def __str__(self) -> str:
@@ -130,9 +133,12 @@ class ParetoFront(Sequence):
 
     @property
     def complexities(self) -> list[int]:
+        """The complexity of each equation on the front, in order."""
         return [e.complexity for e in self.equations]
 
     def scores(self) -> list[float]:
+        """PySR's score of each equation: ``-d log(loss) / d complexity`` from the one before
+        it on the front (0 for the first)."""
         return scores(self.equations)
 
     def __repr__(self) -> str:
@@ -180,12 +186,16 @@ class RegionEquations(Sequence):
 
     @property
     def chosen(self) -> list[Equation]:
+        """The chosen equation of each output, in output order."""
         return [f.equation for f in self.fronts]
 
     def sympy(self) -> list[sympy.Expr]:
+        """The chosen equations as sympy expressions, one per output."""
         return [e.expr for e in self.chosen]
 
     def latex(self, digits: int = 4) -> str:
+        """One line per output, ``output = equation`` in LaTeX, constants rounded to
+        ``digits`` significant digits."""
         return "\n".join(f"{f.output} = {f.equation.latex(digits)}" for f in self.fronts)
 
     def _head(self) -> str:
@@ -228,6 +238,8 @@ class Equations(Mapping):
         return len(self._regions)
 
     def latex(self, digits: int = 4) -> str:
+        """Every region's chosen equations in LaTeX (see :meth:`RegionEquations.latex`),
+        each region headed by a ``% name`` comment line."""
         return "\n\n".join(f"% {k}\n{v.latex(digits)}" for k, v in self._regions.items())
 
     def __repr__(self) -> str:

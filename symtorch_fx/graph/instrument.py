@@ -63,6 +63,9 @@ class Recorder(nn.Module):
                 f"{self.max_samples}, nonfinite={self.n_nonfinite}")
 
     def forward(self, *args):
+        """``recorder(*inputs, output)``: record the rows (unless disabled or inside
+        ``torch.compile``) and return ``output`` unchanged. Warns once when it records in
+        training mode unless ``sfx.run(mode="train")`` asked for that."""
         *inputs, out = args
         if self.enabled and not torch.compiler.is_compiling():
             if self.training and not self.train_mode_ok and not self._warned_training:
@@ -80,6 +83,13 @@ class Recorder(nn.Module):
     # ------------------------------------------------------------------------------------------
 
     def record(self, inputs, out) -> None:
+        """Add the rows of one call: the tensor inputs' last dimensions concatenated as
+        features, the output's as targets, the leading dimensions flattened into rows. Rows
+        with NaN or inf are dropped and counted; a uniform reservoir keeps at most
+        ``max_samples``. Raises :class:`RecordingError` for what cannot be recorded: an
+        output that is not a tensor of at least one dimension; meta, sparse or complex
+        tensors; no tensor input; inputs without the output's leading dimensions; a layout
+        that changes between calls."""
         if not isinstance(out, torch.Tensor):
             raise RecordingError(
                 f"target {self.region!r} returned {type(out).__name__}, not a tensor; symbolic "

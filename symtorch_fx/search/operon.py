@@ -249,6 +249,7 @@ class Operon:
         return engine
 
     def check(self) -> None:
+        """Raise :class:`EngineUnavailableError` if pyoperon cannot be imported."""
         try:
             import pyoperon.sklearn  # noqa: F401
         except ImportError as e:
@@ -257,6 +258,9 @@ class Operon:
             ) from e
 
     def search(self, X, y, variables, seed, weights=None) -> list[str]:
+        """One Operon search of ``y ~ f(X)`` on at most ``max_rows`` rows (drawn by ``seed``;
+        rows resampled in proportion to ``weights`` when given, since Operon has no per-row
+        weights); returns the Pareto front's equations over ``variables`` as grammar text."""
         from pyoperon.sklearn import SymbolicRegressor
 
         rng = np.random.default_rng(seed)

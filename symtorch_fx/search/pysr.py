@@ -79,6 +79,9 @@ class PySR:
         return settings_repr(self)
 
     def check(self) -> None:
+        """Raise :class:`EngineUnavailableError`, saying how to install what is missing, if the
+        pysr package or Julia cannot be found (``SYMTORCH_FX_SKIP_JULIA_CHECK=1`` skips the
+        Julia check)."""
         if importlib.util.find_spec("pysr") is None:
             raise EngineUnavailableError(
                 "the PySR engine needs the pysr package: pip install 'symtorch_fx[pysr]' "
@@ -96,6 +99,9 @@ class PySR:
             )
 
     def search(self, X, y, variables, seed, weights=None) -> list[str]:
+        """One ``PySRRegressor`` fit of ``y ~ f(X)`` (per-row ``weights`` passed natively,
+        ``random_state`` from ``seed`` unless set); returns its equations (the hall of fame) over ``variables``
+        as grammar text."""
         self.check()
         try:
             from pysr import PySRRegressor
