@@ -136,6 +136,10 @@ class PCA:
     """Principal components of the recorded inputs (``inputs=a``) and outputs (``outputs=b``).
 
     ``None`` keeps that side as it is (the identity).
+
+    Args:
+        inputs: the number of input components (``None``: every input feature).
+        outputs: the number of output components (``None``: every output feature).
     """
 
     def __init__(self, inputs: int | None = None, outputs: int | None = None):
@@ -166,6 +170,14 @@ class LearnedProjection:
     Unlike PCA, the input directions are chosen for how well they *predict* the outputs, not
     for their own variance. ``g`` is a small MLP that is thrown away after fitting: only ``V``
     and ``U`` are kept (orthonormalized), and the equations are distilled between them.
+
+    Args:
+        inputs: the number of input directions (``V`` has this many rows).
+        outputs: the number of output directions (``U`` has this many columns).
+        hidden: the width of ``g``'s hidden layer.
+        steps: Adam steps (minibatches of up to 512 rows), starting from the PCA directions.
+        lr: Adam's learning rate.
+        seed: seeds the minibatches.
     """
 
     def __init__(self, inputs: int, outputs: int, hidden: int = 64, steps: int = 1000,

@@ -108,7 +108,19 @@ def scores(front: Sequence[Equation]) -> list[float]:
 
 @dataclass
 class ParetoFront(Sequence):
-    """The equations found for one output, simplest first, each more accurate than the last."""
+    """The equations found for one output, simplest first, each more accurate than the last.
+
+    A sequence of :class:`Equation`; ``front[i]`` is the i-th simplest.
+
+    Attributes:
+        region: the target region's name.
+        output: the output's name.
+        equations: the front, simplest first.
+        chosen: the index of the chosen equation (see ``equation``).
+        rule: the selection rule that chose it, as text.
+        info: details of how the front was found, e.g. ``info["searches"]`` (what each search
+            gave) and ``info["noise"]`` (the network error ``selection="auto"`` used).
+    """
 
     region: str
     output: str
@@ -169,7 +181,14 @@ class ParetoFront(Sequence):
 
 
 class RegionEquations(Sequence):
-    """The fronts of one region, one per output."""
+    """The fronts of one region, one per output: a sequence of :class:`ParetoFront`.
+
+    Attributes:
+        region: the region's name.
+        fronts: one front per output.
+        variables: the names of the equations' variables (the region's input features).
+        projection: how the inputs and outputs were reduced (a description), or None.
+    """
 
     def __init__(self, region: str, fronts: list[ParetoFront], variables: Sequence[str],
                  projection: str | None = None):

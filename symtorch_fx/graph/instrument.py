@@ -29,7 +29,13 @@ CHUNK_ROWS = 1 << 16
 
 
 class Recorder(nn.Module):
-    """Records (inputs, output) rows of one region. Call as ``recorder(*inputs, output)``."""
+    """Records (inputs, output) rows of one region. Call as ``recorder(*inputs, output)``.
+
+    Args:
+        region: the region's name (in messages).
+        max_samples: the most rows kept: a uniform reservoir sample of all rows seen.
+        seed: seeds the reservoir's draws.
+    """
 
     def __init__(self, region: str, max_samples: int = 10_000, seed: int = 0):
         super().__init__()

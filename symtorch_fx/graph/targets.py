@@ -28,6 +28,10 @@ class Pattern:
     It matches the same computation written with ``nn.Linear``/``nn.SiLU`` modules or with
     functional calls. Weights (parameters reached through ``get_attr``) are not features of the
     distilled equations; data inputs are.
+
+    Args:
+        fn: the pattern, a function traceable by ``torch.fx``.
+        name: the name shown in reprs and errors (default: ``fn.__name__``).
     """
 
     def __init__(self, fn: Callable, name: str | None = None):
@@ -38,6 +42,8 @@ class Pattern:
 
     @functools.cached_property
     def graph(self) -> fx.Graph:
+        """The pattern's ``torch.fx`` graph, traced on first use (:class:`TargetError` when
+        fx cannot trace it)."""
         try:
             return fx.symbolic_trace(self.fn).graph
         except Exception as e:  # noqa: BLE001 - reported with the cause
@@ -51,7 +57,8 @@ class Pattern:
 
 
 def pattern(fn: Callable, name: str | None = None) -> Pattern:
-    """Mark ``fn`` as an op pattern target (see :class:`Pattern`)."""
+    """Mark ``fn`` as an op pattern target (see :class:`Pattern`); ``name`` is shown in
+    reprs and errors (default: ``fn.__name__``)."""
     return Pattern(fn, name)
 
 
