@@ -5,14 +5,17 @@ input. SLIME (Fong & Motani, 2025) fits an equation instead, by symbolic regress
 and interactions near the input show up in the explanation. :func:`explain` does this with the
 engines of the distillation pass:
 
-1. neighbourhood: the ``neighbours`` rows of ``X`` nearest to ``x0`` (Euclidean distance in units
-   of each feature's standard deviation over ``X``), plus ``synthetic`` Gaussian perturbations of
-   ``x0`` whose per-feature variance is, by default, the neighbours' variance. Features that do not
-   vary among the neighbours stay at ``x0``'s value and are not variables of the equation;
-2. the black box is called on all samples at once (in batches of ``batch_size`` rows);
+1. neighbourhood: the ``neighbours`` rows of ``X`` nearest to ``x0`` (by ``nn_metric``, by
+   default the Euclidean distance in units of each feature's standard deviation over ``X``), plus
+   ``synthetic`` Gaussian perturbations of ``x0`` whose per-feature variance is, by default, the
+   neighbours' variance. Features that do not vary among the neighbours stay at ``x0``'s value
+   and are not variables of the equation;
+2. the black box is called on all samples at once (in batches of ``batch_size`` rows), with
+   torch tensors or numpy arrays as ``X`` is a tensor or an array (see :func:`explain`);
 3. proximity weights ``exp(-d^2 / kernel_width^2)``, with ``d`` the distance to ``x0`` in units of
    the perturbation's standard deviation per feature and ``kernel_width^2`` by default the mean
-   ``d^2`` of the real neighbours;
+   ``d^2`` of the real neighbours; the real neighbours' weights are multiplied by
+   ``real_weighting`` (default 1: real and synthetic samples count alike);
 4. a weighted symbolic regression on a training split (``engine.search(..., weights=w)``); the
    constants of every candidate are then refitted by weighted least squares on all training rows
    (see below); candidates are scored by their *proximity-weighted* MSE on held-out samples;
@@ -29,6 +32,9 @@ equal weights), so constants fitted to it carry extra resampling noise. Refittin
 candidate's constants on every training row with the true weights removes that noise and makes the
 final fit a proper weighted least-squares fit whatever the engine (PySR gets the weights natively;
 the refit then only polishes).
+
+The explanation can stand in for the black box near ``x0`` in a model: :meth:`Explanation.as_module`
+(one output) and :func:`stand_in` (one explanation per output) make a ``SymbolicModule`` of it.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from .expr.grammar import (
     to_text,
     variable,
 )
+from .graph.rewrite import SymbolicModule
 from .kernels.lower import Layout, one_torch_thread, torch_function
 from .search import select as rules
 from .search.distill import Job, build_front, pareto, run_jobs, split_rows
@@ -91,6 +98,8 @@ def explain(
     synthetic: int = 450,
     variance=None,
     kernel_width: float | None = None,
+    real_weighting: float = 1.0,
+    nn_metric: str | Callable = "euclidean",
     task: str = "auto",
     output: int | None = None,
     logits: bool = False,
@@ -108,13 +117,24 @@ def explain(
     """Explain the black box ``f`` near ``x0`` with an equation (SLIME).
 
     Args:
-        f: the black box, mapping a batch ``(n, D)`` to ``(n,)`` or ``(n, K)``. An ``nn.Module``
-            gets torch tensors on its own device and dtype (CPU or GPU) under ``no_grad``; any
-            other callable gets float64 numpy arrays (or torch tensors on ``device`` when
-            ``device`` is given). It may return numpy arrays or tensors. It is called on batches
-            of up to ``batch_size`` rows, never row by row.
-        X: data, ``(N, D)``: where the real neighbours of ``x0`` come from.
-        x0: the input to explain, ``(D,)``.
+        f: the black box, mapping a batch ``(n, D)`` to ``(n,)`` or ``(n, K)``. It is called
+            on batches of up to ``batch_size`` rows, never row by row, under ``no_grad`` when
+            it gets tensors, and may return numpy arrays or tensors. What it gets is decided by
+            what it is and by the type of ``X``:
+
+            * an ``nn.Module``: torch tensors on its own device and in its own floating dtype
+              (those of ``X`` when it has no floating parameters or buffers and ``X`` is a
+              tensor; ``device=`` overrides the device);
+            * any other callable, when ``X`` is a torch tensor: torch tensors on ``X``'s device
+              and in ``X``'s dtype (the default float dtype for an integer ``X``);
+            * any other callable, when ``X`` is a numpy array (or a list): float64 numpy arrays,
+              or torch tensors on ``device`` (default float dtype) when ``device`` is given.
+
+            ``x0``'s type does not matter. Internally samples are float64 numpy arrays (the
+            attributes of the :class:`Explanation` are), cast to what ``f`` gets per batch.
+        X: data, ``(N, D)``, a numpy array or a torch tensor (on any device): where the real
+            neighbours of ``x0`` come from.
+        x0: the input to explain, ``(D,)`` (or ``(1, D)``), an array or a tensor.
         neighbours: how many nearest rows of ``X`` join the samples (``J``).
         synthetic: how many Gaussian perturbations of ``x0`` join the samples (``M``).
         variance: the per-feature variance of the perturbations: a number or ``D`` numbers
@@ -122,6 +142,24 @@ def explain(
         kernel_width: width of the proximity kernel ``exp(-d^2 / kernel_width^2)``, ``d`` in
             units of the perturbations' standard deviation (default: the root-mean-square ``d``
             of the neighbours; ``sqrt`` of the number of varying features without neighbours).
+        real_weighting: how much a real neighbour (a row of ``X``) weighs in the fit relative
+            to a synthetic sample at the same distance from ``x0``: the real neighbours'
+            proximity weights are multiplied by it (SymTorch's option of that name, with its
+            default 1.0: real and synthetic samples count alike). Above 1 the equation follows
+            the black box on the data more closely, below 1 on the perturbations. The weights
+            are those of the search, the refit and the held-out score (``weights``). Unlike
+            SymTorch, where every real neighbour has the flat weight ``real_weighting``, a real
+            neighbour here keeps its proximity weight too, so distant neighbours count less.
+            It has no effect when all samples are real or all synthetic.
+        nn_metric: the distance that picks the ``neighbours`` nearest rows of ``X`` (it does not
+            change the proximity weights): ``"euclidean"`` (or ``"l2"``; the default) and
+            ``"manhattan"`` (or ``"l1"``, ``"cityblock"``) in units of each feature's standard
+            deviation over ``X``, so features of any scale count alike; ``"cosine"``: one minus
+            the cosine of the angle between a row and ``x0``, on the raw values (about the
+            origin; a zero row is at distance 1); or a callable ``(x0, X) -> distances`` that
+            gets ``x0`` ``(D,)`` and ``X`` ``(N, D)`` as ``X`` was given (torch tensors on its
+            device for a tensor ``X``, float64 numpy arrays otherwise) and returns ``N`` finite
+            numbers (array or tensor), smaller meaning nearer. Ties go to the earlier row.
         task: ``"regression"`` explains output ``output`` of ``f``; ``"classification"``
             explains the probability of one class, by default the class ``f`` predicts at ``x0``;
             ``"auto"``: regression for one output, classification when the outputs are
@@ -139,14 +177,17 @@ def explain(
         restarts: independent searches whose candidates are pooled (``executor`` runs them);
             None: the engine's own default (1 for the default engine).
         feature_names: names of the ``D`` features (made into valid equation names).
-        device: for a callable that is not a module: pass it torch tensors on this device.
+        device: give ``f`` torch tensors on this device (see ``f``).
         batch_size: rows per call of ``f``.
         seed: seeds the perturbations, the split and the searches.
     """
     start = time.perf_counter()
+    like = _torch_like(X)
     X, x0 = _check_data(X, x0)
     n_rows, D = X.shape
     _check_counts(neighbours, synthetic, n_rows, variance)
+    real_weighting = _check_real_weighting(real_weighting, neighbours, synthetic)
+    metric = _check_metric(nn_metric)
     if task not in TASKS:
         raise SymTorchFXError(f"task={task!r}: use one of {', '.join(TASKS)}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -167,11 +208,11 @@ def explain(
     engine.check()
     if restarts is None:
         restarts = default_restarts(engine)
-    black_box = BlackBox(f, batch_size, device)
+    black_box = BlackBox(f, batch_size, device, like)
     rng = np.random.default_rng(seed)
 
     # neighbourhood
-    near = _nearest(X, x0, neighbours)
+    near = _nearest(X, x0, neighbours, metric, like)
     var = _variance(variance, X[near], D)
     features = np.flatnonzero(var > 0)
     if len(features) == 0:
@@ -192,12 +233,13 @@ def explain(
             raise SymTorchFXError(f"kernel_width must be a positive number, got {kernel_width!r}")
         width2 = float(kernel_width) ** 2
     w = np.exp(-d2 / width2)
+    w[:neighbours] *= real_weighting  # the real neighbours come first
 
     # the black box, on x0 and every sample in one batched pass
     t0 = time.perf_counter()
     Y = black_box(np.concatenate([x0[None], Z]))
     t_box = time.perf_counter() - t0
-    task, output, output_name, column = _target(Y, task, output, logits)
+    task, output, output_name, column, stands_for = _target(Y, task, output, logits)
     Y = column(Y)
     y0, y = float(Y[0]), Y[1:]
 
@@ -241,6 +283,9 @@ def explain(
         output=output, samples=Z, targets=y, weights=w, held_out=_mask(val, len(Z)),
         n_real=len(near), std=sd, kernel_width=float(np.sqrt(width2)),
         black_box=lambda rows: column(black_box(rows)),
+        neighbour_rows=near, real_weighting=real_weighting, nn_metric=nn_metric,
+        stand_in={"column": stands_for, "outputs": black_box.out_columns,
+                  "dtype": black_box.out_dtype, "device": black_box.out_device},
         seconds={"black_box": t_box, "search": t_search, "front": t_front,
                  "total": time.perf_counter() - start},
     )
@@ -257,13 +302,23 @@ class Explanation:
         feature_names: the names of all ``D`` features; ``features``: the indices of those that
             vary near ``x0`` (the equation's possible variables).
         samples, targets, weights: every sample (real neighbours first), the black box's output
-            on it, its proximity weight; ``held_out`` marks the samples the front was scored on.
+            on it, its weight in the fit (the proximity weight, times ``real_weighting`` for the
+            real neighbours); ``held_out`` marks the samples the front was scored on.
+        n_real, neighbour_rows: how many real neighbours there are, and their row indices in
+            ``X`` (nearest first, by ``nn_metric``); ``samples[:n_real]`` are those rows.
+        real_weighting, nn_metric: as passed to :func:`explain`.
         std, kernel_width: the perturbations' standard deviation per feature, the kernel width.
         seconds: wall time of the black-box calls, the search, the front, and in total.
+
+    The attributes are float64 numpy arrays whatever ``X`` was; :meth:`predict` answers in the
+    type it is given, and :meth:`as_module` gives the equation as a torch module that can stand
+    in for ``f`` near ``x0``.
     """
 
     def __init__(self, *, front, x0, value, feature_names, features, task, output, samples,
-                 targets, weights, held_out, n_real, std, kernel_width, black_box, seconds):
+                 targets, weights, held_out, n_real, std, kernel_width, black_box, seconds,
+                 neighbour_rows=None, real_weighting=1.0, nn_metric="euclidean",
+                 stand_in=None):
         self.front = front
         self.x0 = x0
         self.value = value
@@ -280,6 +335,11 @@ class Explanation:
         self.kernel_width = kernel_width
         self.black_box = black_box
         self.seconds = seconds
+        self.neighbour_rows = (np.arange(0) if neighbour_rows is None
+                               else np.asarray(neighbour_rows))
+        self.real_weighting = real_weighting
+        self.nn_metric = nn_metric
+        self._stand_in = stand_in
 
     @property
     def equation(self) -> Equation:
@@ -291,8 +351,12 @@ class Explanation:
         used = {s.name for s in self.equation.expr.free_symbols}
         return [self.feature_names[k] for k in self.features if self.feature_names[k] in used]
 
-    def predict(self, Z) -> np.ndarray:
-        """The equation on rows ``Z`` of shape ``(n, D)`` (or one row ``(D,)``)."""
+    def predict(self, Z):
+        """The equation on rows ``Z`` of shape ``(n, D)`` (or one row ``(D,)``), computed in
+        float64: a numpy array for numpy rows (or lists), a tensor for tensor rows (on ``Z``'s
+        device, in its floating dtype; not differentiable, see :meth:`as_module` for that).
+        Returns shape ``(n,)``."""
+        like = _torch_like(Z)
         Z = _as_array(Z, "Z")
         if Z.ndim == 1:
             Z = Z[None]
@@ -301,7 +365,33 @@ class Explanation:
                 f"predict needs rows of {len(self.feature_names)} features (shape (n, "
                 f"{len(self.feature_names)})), got shape {Z.shape}"
             )
-        return self.equation(Z[:, self.features])
+        y = self.equation(Z[:, self.features])
+        if like is None:
+            return y
+        dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+        return torch.as_tensor(y, dtype=dtype, device=like.device)
+
+    def as_module(self, dtype: torch.dtype | None = None, kernel: str = "auto") -> nn.Module:
+        """The equation as a torch module that stands in for ``f`` near ``x0``: it takes what
+        ``f`` takes, ``(..., D)`` tensors, and returns what ``f`` returns, ``(...,)`` or
+        ``(..., 1)`` as ``f`` did (so this needs ``f`` to have one output; for ``K`` outputs,
+        explain each and use :func:`stand_in`). It is valid near ``x0`` only: features that did
+        not vary among the neighbours are not variables, as if they stayed at ``x0``'s values.
+
+        It is a :class:`symtorch_fx.SymbolicModule` (region ``"slime"``): the equation is lowered
+        by the pass's own code generator (no ``eval`` of text), its constants are a trainable
+        parameter, ``kernel`` picks how it runs (``"auto"``, ``"torch"``, ...), and
+        ``.equations()`` gives the equation back. It is on the device where ``f``'s outputs
+        were, and returns ``dtype`` (default: the dtype of ``f``'s outputs). To put it in a model
+        in place of the block ``f`` and back (SymTorch's ``switch_to_symbolic`` /
+        ``switch_to_block``)::
+
+            block = model.get_submodule("encoder.mlp")
+            model.set_submodule("encoder.mlp", exp.as_module())  # the equation, near x0
+            ...
+            model.set_submodule("encoder.mlp", block)            # the block itself again
+        """
+        return stand_in([self], dtype=dtype, kernel=kernel)
 
     @property
     def fidelity(self) -> dict[str, float]:
@@ -406,17 +496,105 @@ class Explanation:
 
 
 # ----------------------------------------------------------------------------------------------
+# the explanation in place of the black box
+
+
+def stand_in(explanations, *, dtype: torch.dtype | None = None,
+             kernel: str = "auto") -> nn.Module:
+    """One torch module standing in for the black box ``f`` near ``x0``, made of one
+    explanation per output of ``f``, all at the same ``x0`` (SymTorch's
+    ``switch_to_symbolic(SLIME=True)``)::
+
+        exps = [sfx.explain(block, X, x0, task="regression", output=k) for k in range(K)]
+        module = sfx.slime.stand_in(exps)   # (..., D) -> (..., K), like the block
+
+    The module takes ``(..., D)`` tensors and returns what ``f`` returned, ``(...,)`` or
+    ``(..., K)``, output ``k`` computed by the explanation of output ``k`` (any order in the
+    list). For a classifier that returns probabilities, explain each class; the explanation of
+    class 0 of a one-probability classifier stands for ``1 - p``. An explanation of a class
+    probability computed from logits (``logits=True``) stands for no output of ``f``: explain
+    each logit with ``task="regression", output=k`` instead. See
+    :meth:`Explanation.as_module` (one explanation) for what the module is and how to swap it
+    into a model and back.
+    """
+    exps = [explanations] if isinstance(explanations, Explanation) else explanations
+    try:
+        exps = list(exps)
+    except TypeError:
+        exps = None
+    if not exps or not all(isinstance(e, Explanation) for e in exps):
+        raise SymTorchFXError(
+            "stand_in needs a list of explanations, one per output of f (sfx.explain(...) for "
+            f"each output); got {type(explanations).__name__}"
+        )
+    first = exps[0]
+    for e in exps[1:]:
+        if e.feature_names != first.feature_names or not np.array_equal(e.x0, first.x0):
+            raise SymTorchFXError(
+                "the explanations are not all at the same x0 with the same features; a stand-in "
+                "holds near one point: explain every output of f at the same x0 (same X and "
+                "feature_names)"
+            )
+    for e in exps:
+        if e._stand_in is None or e._stand_in["column"] is None:
+            raise SymTorchFXError(
+                f"the explanation of the probability of class {e.output} was made from logits "
+                "(logits=True), so it stands for no output of f, which returns logits; to stand "
+                "in for f, explain each logit: sfx.explain(f, X, x0, task='regression', "
+                "output=k) for every k"
+            )
+    shapes = {e._stand_in["outputs"] for e in exps}
+    if len(shapes) > 1:
+        raise SymTorchFXError(
+            "the explanations are of black boxes with different output shapes; give the "
+            "explanations of the outputs of one f"
+        )
+    outputs = shapes.pop()
+    K = 1 if outputs is None else outputs
+    by_column: dict[int, sympy.Expr] = {}
+    for e in exps:
+        j, a, b = e._stand_in["column"]
+        if j in by_column:
+            raise SymTorchFXError(
+                f"two explanations stand for output {j} of f; give one per output"
+            )
+        by_column[j] = e.equation.expr if (a, b) == (0.0, 1.0) else a + b * e.equation.expr
+    missing = [j for j in range(K) if j not in by_column]
+    if missing:
+        raise SymTorchFXError(
+            f"f returns {K} outputs, and no explanation stands for output(s) {missing}; a "
+            f"stand-in for f needs one per output: sfx.slime.stand_in([sfx.explain(f, X, x0, "
+            f"task='regression', output=k) for k in range({K})])"
+        )
+    if dtype is None:
+        dtype = first._stand_in["dtype"]
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise SymTorchFXError(f"dtype must be a floating torch dtype such as torch.float32, got "
+                              f"{dtype!r}")
+    equations = [by_column[j] for j in range(K)]
+    module = SymbolicModule("slime", Layout((len(first.feature_names),), outputs),
+                            tuple(first.feature_names), (True,), dtype, equations, kernel)
+    if dtype == torch.float64:  # constants keep the dtype of the parameter they replace
+        module.constants = nn.Parameter(torch.zeros(0, dtype=torch.float64))
+        module.set_equations(equations)
+    return module.to(first._stand_in["device"])
+
+
+# ----------------------------------------------------------------------------------------------
 # the black box
 
 
 class BlackBox:
     """``f`` as a function of float64 rows ``(n, D)`` -> float64 outputs ``(n, K)``, in batches.
 
-    Modules get tensors on their own device and dtype; other callables numpy arrays (or tensors
-    on ``device``). Outputs may be arrays or tensors; non-finite outputs are an error.
+    What ``f`` gets (see :func:`explain`): a module tensors on its own device and dtype; another
+    callable tensors like ``like`` (``X`` when it is a tensor) or on ``device``, else numpy
+    arrays. Outputs may be arrays or tensors; non-finite outputs are an error. The first batch
+    records the shape, dtype and device of ``f``'s outputs (``out_columns``: ``None`` for
+    ``(n,)``, ``K`` for ``(n, K)``), which a stand-in module reproduces.
     """
 
-    def __init__(self, f, batch_size: int, device=None):
+    def __init__(self, f, batch_size: int, device=None, like: torch.Tensor | None = None):
         if not callable(f):
             raise SymTorchFXError(
                 f"f must be a callable or an nn.Module mapping a batch (n, D) to outputs (n,) or "
@@ -425,22 +603,41 @@ class BlackBox:
         self.f = f
         self.batch_size = batch_size
         self.calls = 0
-        self.torch_in = isinstance(f, nn.Module) or device is not None
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.module = isinstance(f, nn.Module)
+        self.torch_in = self.module or device is not None or like is not None
         self.dtype = torch.get_default_dtype()
-        if isinstance(f, nn.Module):
+        self.device = torch.device("cpu")
+        why = "X is a numpy array"
+        if like is not None:
+            self.dtype = like.dtype if like.is_floating_point() else self.dtype
+            self.device = like.device
+            why = "X is a torch tensor"
+        if self.module:
             p = next((t for t in itertools.chain(f.parameters(), f.buffers())
                       if t.is_floating_point()), None)
             if p is not None:
                 self.dtype = p.dtype
-                if device is None:
-                    self.device = p.device
+                self.device = p.device
             if f.training:
                 warnings.warn(
                     f"the module {type(f).__name__} is in training mode, so dropout and batch "
                     "norm make its outputs depend on the batch; call .eval() on it first",
                     stacklevel=3,
                 )
+        if device is not None:
+            self.device = torch.device(device)
+            why = "device= was given" if like is None else why
+        if not self.torch_in:
+            self.given = "float64 numpy arrays, because X is a numpy array"
+            self.fix = ("if f takes torch tensors, pass X as a torch tensor (torch.as_tensor(X), "
+                        "on the device f needs) or pass device=")
+        else:
+            self.given = f"torch tensors ({self.dtype} on {self.device}), because {why}"
+            self.fix = ("if f takes numpy arrays, pass X as a numpy array (X.cpu().numpy()) and "
+                        "no device=")
+        self.out_columns: int | None = None
+        self.out_dtype = torch.float64
+        self.out_device = torch.device("cpu")
 
     def __call__(self, Z: np.ndarray) -> np.ndarray:
         outs = [self._batch(Z[i:i + self.batch_size]) for i in range(0, len(Z), self.batch_size)]
@@ -457,14 +654,27 @@ class BlackBox:
 
     def _batch(self, chunk: np.ndarray) -> np.ndarray:
         self.calls += 1
-        if self.torch_in:
-            x = torch.as_tensor(chunk, dtype=self.dtype, device=self.device)
-            with torch.no_grad():
-                out = self.f(x)
-        else:
-            out = self.f(chunk)
+        first = self.calls == 1
+        try:
+            if self.torch_in:
+                x = torch.as_tensor(chunk, dtype=self.dtype, device=self.device)
+                with torch.no_grad():
+                    out = self.f(x)
+            else:
+                out = self.f(chunk)
+        except (TypeError, AttributeError) as e:
+            if not first or self.module:
+                raise
+            raise SymTorchFXError(
+                f"f raised {type(e).__name__} on its first batch ({e}); it was given "
+                f"{self.given}: {self.fix}"
+            ) from e
+        dtype, device = torch.float64, torch.device("cpu")
         if isinstance(out, torch.Tensor):
+            dtype, device = out.dtype, out.device
             out = out.detach().to("cpu", torch.float64).numpy()
+        elif isinstance(out, np.ndarray):
+            dtype = _torch_dtype(out.dtype)
         try:
             out = np.asarray(out, dtype=np.float64)
         except (TypeError, ValueError) as e:
@@ -472,6 +682,7 @@ class BlackBox:
                 f"f returned a {type(out).__name__} that is not an array of numbers ({e}); it "
                 "must return an array or tensor of shape (n,) or (n, K)"
             ) from e
+        columns = None if out.ndim == 1 else (out.shape[1] if out.ndim == 2 else -1)
         if out.ndim == 1:
             out = out[:, None]
         if out.ndim != 2 or out.shape[0] != len(chunk):
@@ -480,7 +691,21 @@ class BlackBox:
                 f"batch (n, {chunk.shape[1]}) to (n,) or (n, K) (explain calls f on batches, "
                 "not on single rows)"
             )
+        if first:
+            self.out_columns = columns
+            self.out_dtype = dtype if dtype.is_floating_point else torch.float64
+            self.out_device = device
         return out
+
+
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    """The torch dtype of a numpy floating dtype; float64 for anything else."""
+    if np.issubdtype(dtype, np.floating):
+        try:
+            return torch.from_numpy(np.zeros(0, dtype)).dtype
+        except TypeError:  # a float numpy has and torch lacks (float128)
+            pass
+    return torch.float64
 
 
 def _softmax(Y: np.ndarray) -> np.ndarray:
@@ -494,8 +719,10 @@ def _is_probability(Y: np.ndarray) -> bool:
 
 
 def _target(Y: np.ndarray, task: str, output, logits: bool):
-    """Which output of f is explained: (task, output index, output name, column), where
-    ``column`` maps f's raw outputs (n, K) to the explained values (n,)."""
+    """Which output of f is explained: (task, output index, output name, column, stands_for),
+    where ``column`` maps f's raw outputs (n, K) to the explained values (n,), and
+    ``stands_for`` is ``(j, a, b)`` when f's output column ``j`` is ``a + b * value`` (None when
+    no column of f is an affine function of the explained value: the softmax of logits)."""
     K = Y.shape[1]
     if logits:
         if K < 2:
@@ -527,7 +754,7 @@ def _target(Y: np.ndarray, task: str, output, logits: bool):
             output = 0
         _check_output(output, K, "output")
         k = int(output)
-        return task, k, ("y" if K == 1 else f"y{k}"), lambda R: R[:, k]
+        return task, k, ("y" if K == 1 else f"y{k}"), lambda R: R[:, k], (k, 0.0, 1.0)
     if K == 1:  # one probability: that of class 1 of two
         if not _is_probability(np.concatenate([1 - Y, Y], 1)):
             raise SymTorchFXError(
@@ -537,7 +764,9 @@ def _target(Y: np.ndarray, task: str, output, logits: bool):
         output = (1 if Y[0, 0] >= 0.5 else 0) if output is None else output
         _check_output(output, 2, "class")
         k = int(output)
-        return task, k, f"p{k}", (lambda R: R[:, 0]) if k == 1 else (lambda R: 1.0 - R[:, 0])
+        if k == 1:
+            return task, k, "p1", lambda R: R[:, 0], (0, 0.0, 1.0)
+        return task, k, "p0", lambda R: 1.0 - R[:, 0], (0, 1.0, -1.0)
     if not _is_probability(probs):
         raise SymTorchFXError(
             f"task='classification' needs f to return class probabilities (rows of {K} "
@@ -546,9 +775,9 @@ def _target(Y: np.ndarray, task: str, output, logits: bool):
     output = int(np.argmax(probs[0])) if output is None else output
     _check_output(output, K, "class")
     k = int(output)
-    if logits:
-        return task, k, f"p{k}", lambda R: _softmax(R)[:, k]
-    return task, k, f"p{k}", lambda R: R[:, k]
+    if logits:  # the explained value is no output of f: a stand-in cannot be made from it
+        return task, k, f"p{k}", lambda R: _softmax(R)[:, k], None
+    return task, k, f"p{k}", lambda R: R[:, k], (k, 0.0, 1.0)
 
 
 def _check_output(output, K: int, what: str) -> None:
@@ -613,12 +842,103 @@ def _check_counts(neighbours, synthetic, n_rows: int, variance) -> None:
         )
 
 
-def _nearest(X: np.ndarray, x0: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` rows nearest to ``x0`` in units of each feature's spread over X."""
-    s = X.std(0)
-    s[s == 0] = 1.0
-    d2 = np.sum(((X - x0) / s) ** 2, 1)
-    return np.argsort(d2, kind="stable")[:k]
+def _torch_like(a) -> torch.Tensor | None:
+    """``a`` when it is a tensor (its device and dtype are what a torch callable gets)."""
+    return a.detach() if isinstance(a, torch.Tensor) else None
+
+
+def _check_real_weighting(real_weighting, neighbours: int, synthetic: int) -> float:
+    if isinstance(real_weighting, bool) or not isinstance(
+            real_weighting, (int, float, np.integer, np.floating)) or not (
+            np.isfinite(real_weighting) and real_weighting > 0):
+        raise SymTorchFXError(
+            f"real_weighting must be a positive finite number (the weight of a real neighbour "
+            f"relative to a synthetic sample; 1.0 weighs them alike), got {real_weighting!r}"
+        )
+    if real_weighting != 1 and (neighbours == 0 or synthetic == 0):
+        warnings.warn(
+            f"real_weighting={real_weighting!r} has no effect with {neighbours} real neighbours "
+            f"and {synthetic} synthetic samples: it weighs one kind against the other, so it "
+            "needs both (neighbours > 0 and synthetic > 0)",
+            stacklevel=3,
+        )
+    return float(real_weighting)
+
+
+#: the names ``nn_metric`` takes, and the distance each stands for
+METRICS = {"euclidean": "euclidean", "l2": "euclidean", "manhattan": "manhattan",
+           "l1": "manhattan", "cityblock": "manhattan", "cosine": "cosine"}
+
+
+def _check_metric(metric):
+    if callable(metric):
+        return metric
+    if isinstance(metric, str) and metric.lower() in METRICS:
+        return METRICS[metric.lower()]
+    raise SymTorchFXError(
+        f"nn_metric={metric!r} is not a distance explain knows: use one of "
+        f"{', '.join(repr(m) for m in METRICS)}, or a callable (x0, X) -> distances of the N "
+        "rows of X to x0"
+    )
+
+
+def _distances(X: np.ndarray, x0: np.ndarray, metric, like: torch.Tensor | None) -> np.ndarray:
+    """The distance of every row of ``X`` to ``x0`` by ``metric`` (see ``explain``'s
+    ``nn_metric``); squared for ``"euclidean"`` (the same order)."""
+    if metric in ("euclidean", "manhattan"):
+        s = X.std(0)
+        s[s == 0] = 1.0
+        z = (X - x0) / s
+        return np.sum(z**2, 1) if metric == "euclidean" else np.sum(np.abs(z), 1)
+    if metric == "cosine":
+        n0 = float(np.linalg.norm(x0))
+        if n0 == 0:
+            raise SymTorchFXError(
+                "nn_metric='cosine' measures angles about the origin, and x0 is the origin (all "
+                "zeros), so every row is equally far; use nn_metric='euclidean'"
+            )
+        n = np.linalg.norm(X, axis=1)
+        with np.errstate(all="ignore"):
+            cos = np.where(n > 0, (X @ x0) / (n * n0), 0.0)
+        return 1.0 - np.clip(cos, -1.0, 1.0)
+    N = len(X)
+    if like is None:
+        args = (x0.copy(), X.copy())
+    else:
+        dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+        args = (torch.as_tensor(x0, dtype=dtype, device=like.device),
+                torch.as_tensor(X, dtype=dtype, device=like.device))
+    with torch.no_grad():
+        d = metric(*args)
+    name = getattr(metric, "__name__", type(metric).__name__)
+    try:
+        d = _as_array(d, "the distances")
+    except SymTorchFXError as e:
+        raise SymTorchFXError(
+            f"nn_metric {name} returned {type(d).__name__}, not distances ({e}); it must return "
+            f"one number per row of X: an array or tensor of shape ({N},)"
+        ) from e
+    if d.shape != (N,):
+        raise SymTorchFXError(
+            f"nn_metric {name} returned shape {d.shape} for X of {N} rows; it must return one "
+            f"distance per row, shape ({N},) (it is called once, as metric(x0, X), with x0 of "
+            f"shape ({len(x0)},) and X of shape {X.shape})"
+        )
+    if not np.isfinite(d).all():
+        raise SymTorchFXError(
+            f"nn_metric {name} returned NaN or inf for {int((~np.isfinite(d)).sum())} of {N} "
+            "rows; it must return finite distances (check it on rows like x0, or on zero rows)"
+        )
+    return d
+
+
+def _nearest(X: np.ndarray, x0: np.ndarray, k: int, metric="euclidean",
+             like: torch.Tensor | None = None) -> np.ndarray:
+    """Indices of the ``k`` rows nearest to ``x0`` by ``metric``, nearest first (ties: the
+    earlier row)."""
+    if k == 0:
+        return np.arange(0)
+    return np.argsort(_distances(X, x0, metric, like), kind="stable")[:k]
 
 
 def _variance(variance, near: np.ndarray, D: int) -> np.ndarray:
