@@ -235,6 +235,30 @@ def test_a_torch_callable_gets_tensors_like_x(data):
         sfx.explain(f, data, data[7], engine=small_engine(generations=2))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_torch_callable_gets_tensors_on_the_gpu_of_x(data):
+    """X on the GPU: f and a callable nn_metric get tensors there, predict answers there, and the
+    stand-in module is there (where f's outputs were)."""
+    X = torch.as_tensor(data, dtype=torch.float32, device="cuda")
+
+    def f(t):
+        assert isinstance(t, torch.Tensor) and t.is_cuda and t.dtype == torch.float32
+        return t[:, 0] * t[:, 1] - t[:, 2]
+
+    def metric(p, Z):
+        assert p.is_cuda and Z.is_cuda
+        return (Z - p).abs().sum(1)
+
+    e = sfx.explain(f, X, X[0], nn_metric=metric, engine=small_engine(), seed=0)
+    assert equivalent(e.equation.expr, x0 * x1 - x2), e.front
+    assert e.predict(X[:10]).is_cuda
+    module = e.as_module()
+    assert module.constants.is_cuda
+    with torch.no_grad():
+        torch.testing.assert_close(module(X[:10]), f(X[:10]), atol=1e-4, rtol=0)
+
+
 def test_a_type_mismatch_names_the_fix(data):
     """A torch function given numpy arrays (X a numpy array) fails with a TypeError: explain says
     what f was given and how to give it tensors, and the reverse."""
