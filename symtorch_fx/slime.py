@@ -793,8 +793,8 @@ def _check_output(output, K: int, what: str) -> None:
 
 
 def _as_array(a, name: str) -> np.ndarray:
-    if isinstance(a, torch.Tensor):
-        a = a.detach().cpu().numpy()
+    if isinstance(a, torch.Tensor):  # float64 first: numpy has no bfloat16
+        a = a.detach().to("cpu", torch.float64 if a.is_floating_point() else a.dtype).numpy()
     try:
         return np.asarray(a, dtype=np.float64)
     except (TypeError, ValueError) as e:

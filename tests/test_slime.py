@@ -225,6 +225,7 @@ def test_a_torch_callable_gets_tensors_like_x(data):
     assert isinstance(got, torch.Tensor) and got.dtype == torch.float32 and got.shape == (50,)
     torch.testing.assert_close(got, f(near), atol=1e-4, rtol=0)
     assert isinstance(e.predict(near.numpy()), np.ndarray)
+    assert e.predict(near.bfloat16()).dtype == torch.bfloat16  # numpy has no bfloat16
     assert isinstance(e.samples, np.ndarray) and e.samples.dtype == np.float64
 
     # a float64 tensor X: float64 tensors; a numpy X: numpy arrays again (as before)
