@@ -23,14 +23,16 @@ from .errors import (
 )
 from .expr.equations import ParetoFront
 from .expr.grammar import check_variable_names, reserved, to_text, variable
+from .function import FUNCTION_TARGET, FunctionModel, as_model
 from .graph.instrument import Recorder
 from .graph.match import Region, bind_module_sites, match_modules, match_patterns
-from .graph.rewrite import GraphHost, SwapHost, SymbolicModule
+from .graph.rewrite import GraphHost, SwapHost, SymbolicModule, check_outputs
 from .graph.targets import normalize
 from .graph.trace import trace
 from .kernels.lower import Layout
 from .model import RegionResult, State, attach, state_of
 from .reduce import fit_reduction
+from .search import features as derived_features
 from .search import select as rules
 from .search.distill import Job, Searched, front_of_scored, run_jobs, split_rows
 from .search.engine import default_restarts, default_transforms
@@ -45,11 +47,26 @@ class PreparedState:
     recorders: dict[str, Recorder]
 
 
+def _as_module(model, targets) -> tuple[nn.Module, object]:
+    """A model and its targets; a plain callable becomes a :class:`FunctionModel` whose target
+    is the callable itself."""
+    if isinstance(model, nn.Module):
+        return model, targets
+    if not callable(model):
+        raise SymTorchFXError(f"expected a torch.nn.Module or a callable, got "
+                              f"{type(model).__name__}")
+    if targets not in (None, FUNCTION_TARGET, [FUNCTION_TARGET]):
+        raise SymTorchFXError(
+            f"targets={targets!r}: a plain callable is distilled as a whole; leave targets= out "
+            "(to distil part of a computation, make it an nn.Module and name its submodules)")
+    return (model if isinstance(model, FunctionModel) else as_model(model)), FUNCTION_TARGET
+
+
 def _build_host(model: nn.Module, targets) -> GraphHost | SwapHost:
-    if not isinstance(model, nn.Module):
-        raise SymTorchFXError(f"expected a torch.nn.Module, got {type(model).__name__}")
     specs = normalize(targets)
     regions = match_modules(model, specs)
+    if isinstance(model, FunctionModel):  # the callable is never traced
+        return SwapHost(model, regions)
     patterns = [s for s in specs if s.kind == "pattern"]
     leaves = {r.module for r in regions if r.kind == "module"}
     try:
@@ -75,9 +92,12 @@ def _build_host(model: nn.Module, targets) -> GraphHost | SwapHost:
     return GraphHost(gm, regions, through_nn=bool(patterns), model=model)
 
 
-def prepare(model: nn.Module, targets, *, max_samples: int = 10_000, seed: int = 0) -> nn.Module:
+def prepare(model: nn.Module, targets=None, *, max_samples: int = 10_000,
+            seed: int = 0) -> nn.Module:
     """Instrument ``model``: every target region gets a Recorder. Run data through the result,
     then call :func:`convert`. ``model`` itself is not modified.
+
+    ``model`` may also be a plain python callable (``targets`` left out): see :func:`compile`.
 
     Args:
         targets: a name or glob over qualified module names (``"blocks.*.mlp"``; ``*`` is one
@@ -86,6 +106,7 @@ def prepare(model: nn.Module, targets, *, max_samples: int = 10_000, seed: int =
         max_samples: rows kept per region (a uniform reservoir over everything seen).
         seed: seeds the reservoirs.
     """
+    model, targets = _as_module(model, targets)
     host = _build_host(model, targets)
     recorders = {r.name: Recorder(r.name, max_samples, seed + i)
                  for i, r in enumerate(host.regions)}
@@ -108,6 +129,9 @@ def _arg_name(node) -> str:
 
 
 def _forward_names(module: nn.Module) -> list[str]:
+    names = getattr(module, "sfx_input_names", None)  # a callable's own arguments
+    if isinstance(names, list):
+        return names
     try:
         params = inspect.signature(module.forward).parameters.values()
     except (TypeError, ValueError):
@@ -170,6 +194,8 @@ def convert(
     allow_wide: bool = False,
     checkpoint: str | os.PathLike | None = None,
     variable_names=None,
+    outputs=None,
+    features=None,
 ) -> nn.Module:
     """Distill every recorded region and return the symbolic model.
 
@@ -219,15 +245,26 @@ def convert(
             those made from its forward's argument names: a list (for every target) or
             ``{target: [names]}``. Identifiers that are not functions or constants of the
             equation grammar; saved with the equations.
+        outputs: distil only some outputs of a target (SymTorch's ``output_dim``): a list of
+            output indices (``[0, 3]``) for every target, or ``{target: [indices]}``. In
+            symbolic mode the other outputs keep coming from the network, which then still runs
+            (the region's module takes its output and replaces the distilled columns). The
+            fronts are named after the outputs (``y0``, ``y3``). Not with ``reduce``.
+        features: derived input features the search sees instead of a target's inputs
+            (SymTorch's ``variable_transforms``): ``{name: equation}`` over the target's
+            variables (``{"dx": "x0 - x2", "r": "sqrt((x0 - x2)^2 + (x1 - x3)^2)"}``) for every
+            target, or ``{target: {name: equation}}``. The equations are written over the
+            features; the symbolic module composes them with the features, so it takes the
+            target's own inputs. Saved as text. Not with ``reduce``.
     """
     st = _prepared_state(prepared)
-    _dry_run(st)
+    _dry_run(st, outputs)
     results = distill_recordings(
         st.regions, st.recorders, engine=engine, selection=selection, noise=noise,
         restarts=restarts, transforms=transforms, prune=prune, reduce=reduce,
         executor=executor, progress=progress,
         validation=validation, seed=seed, kernel=kernel, allow_wide=allow_wide,
-        variable_names=variable_names)
+        variable_names=variable_names, outputs=outputs, features=features)
     modes = {name: "symbolic" for name in results}
     try:
         sym = st.host.symbolic({k: r.module for k, r in results.items()}, modes)
@@ -237,18 +274,20 @@ def convert(
     return attach(sym, State(st.host, results, modes))
 
 
-def _dry_run(st: PreparedState) -> None:
+def _dry_run(st: PreparedState, outputs=None) -> None:
     """Rewrite the model once with placeholder equations (zeros), before any search runs, so
     that whatever the rewrite can fail on fails now and costs no search."""
     placeholders = {}
+    _check_keys(outputs, "outputs", st.regions)
     for r in st.regions:
         rec = st.recorders[r.name]
         if rec.layout is None:
             continue  # distill_recordings reports the target that recorded nothing
         names = tuple(f"v{i}" for i in range(rec.layout.n_features))
+        index = _outputs_of(outputs, r.name, rec.layout)
+        n = rec.layout.n_outputs if index is None else len(index)
         placeholders[r.name] = SymbolicModule(r.name, rec.layout, names, rec.arg_mask,
-                                              rec.out_dtype, [0] * rec.layout.n_outputs,
-                                              "torch")
+                                              rec.out_dtype, [0] * n, "torch", outputs=index)
     if len(placeholders) == len(st.regions):
         st.host.symbolic(placeholders, {name: "symbolic" for name in placeholders})
 
@@ -288,6 +327,8 @@ def distill_recordings(
     kernel: str = "auto",
     allow_wide: bool = False,
     variable_names=None,
+    outputs=None,
+    features=None,
 ) -> dict[str, RegionResult]:
     """Recordings -> fronts -> chosen equations -> SymbolicModules, per region."""
     from .search.operon import Operon
@@ -306,12 +347,11 @@ def distill_recordings(
     if not isinstance(prune, bool):
         raise SymTorchFXError(f"prune must be True or False, got {prune!r}")
 
-    if isinstance(variable_names, dict):
-        unknown = sorted(set(variable_names) - {r.name for r in regions})
-        if unknown:
-            raise SymTorchFXError(
-                f"variable_names names {unknown}, which are not targets; the targets are: "
-                f"{', '.join(r.name for r in regions)}")
+    _check_keys(variable_names, "variable_names", regions)
+    _check_keys(outputs, "outputs", regions)
+    if isinstance(features, dict) and features and all(
+            isinstance(v, (dict, list, tuple)) for v in features.values()):
+        _check_keys(features, "features", regions)
     data, jobs = {}, []
     for ri, region in enumerate(regions):
         rec = recorders[region.name]
@@ -327,17 +367,36 @@ def distill_recordings(
                 f"only {len(X)} row(s) recorded for target {region.name!r}; run more data through "
                 "the prepared model (at least a few hundred rows give useful equations)"
             )
+        index = _outputs_of(outputs, region.name, rec.layout)
+        if index is not None:
+            Y = Y[:, list(index)]
         projection = fit_reduction(reduce, X, Y, region.name)
+        if projection is not None and index is not None:
+            raise SymTorchFXError(
+                f"target {region.name!r}: outputs= and reduce= cannot be combined (the equations "
+                "of a reduction are over its components); drop one of them for this target")
         given = _given_names(variable_names, region.name, rec.layout.n_features, projection)
+        derived = None
         if projection is None:
             names = given or feature_names(getattr(rec, "input_names", []), rec.layout)
-            outs = output_names(rec.layout)
+            outs = (output_names(rec.layout) if index is None
+                    else [f"y{k}" for k in index])
+            spec = derived_features.per_target(features, region.name)
+            if spec is not None:
+                derived = (tuple(names), derived_features.parse_features(spec, names,
+                                                                         region.name))
+                X, Y = derived_features.derive(derived[1], names, X, Y, region.name)
+                names = [n for n, _ in derived[1]]
+        elif derived_features.per_target(features, region.name) is not None:
+            raise SymTorchFXError(
+                f"target {region.name!r}: features= and reduce= cannot be combined; drop one of "
+                "them for this target")
         else:
             X, Y = projection.inputs(X), projection.targets(Y)
             names = [f"z{i}" for i in range(X.shape[1])]
             outs = [f"w{k}" for k in range(Y.shape[1])]
         train, val = split_rows(len(X), validation, seed + ri)
-        data[region.name] = (X, Y, names, outs, train, val, projection)
+        data[region.name] = (X, Y, names, outs, train, val, projection, index, derived)
         for k in range(Y.shape[1]):
             for r in range(restarts):
                 jobs.append(Job(region.name, k, r, X[train], Y[train, k], names,
@@ -373,7 +432,7 @@ def _results_of(regions, recorders, data, jobs, searched, engine, selection, noi
     results = {}
     for region in regions:
         rec = recorders[region.name]
-        X, Y, names, outs, train, val, projection = data[region.name]
+        X, Y, names, outs, train, val, projection, index, derived = data[region.name]
         symbols = [variable(n) for n in names]
         fronts = []
         for k, out_name in enumerate(outs):
@@ -383,19 +442,42 @@ def _results_of(regions, recorders, data, jobs, searched, engine, selection, noi
                                     [b for _, s in runs for b in s.bad_syntax])
             fronts.append(ParetoFront(region.name, out_name, front,
                                       info={"searches": search_records(runs, front)}))
-        floors = _noise_for(noise, region.name, len(fronts))
+        floors = _noise_for(noise, region.name, len(fronts), index)
         for front, rule, floor in zip(fronts, rules.per_output(selection, len(fronts)), floors):
             rules.apply(front, rule, floor)
         module = SymbolicModule(region.name, rec.layout, tuple(names), rec.arg_mask,
                                 rec.out_dtype, [f.equation.expr for f in fronts], kernel,
-                                projection)
+                                projection, outputs=index,
+                                features=None if derived is None else derived[1],
+                                inputs=None if derived is None else derived[0])
         if rec.device is not None and rec.device.type != "cpu":
             module.to(rec.device)  # where the region ran
         info = {"rows": len(X), "engine": repr(engine)}
         if projection is not None:
             info["projection"] = projection.describe()
+        if derived is not None:
+            info["features"] = derived_features.describe(derived[1])
         results[region.name] = RegionResult(region, tuple(names), fronts, module, info=info)
     return results
+
+
+def _check_keys(per_target, what: str, regions: list[Region]) -> None:
+    """A ``{target: value}`` option names only targets."""
+    if isinstance(per_target, dict):
+        unknown = sorted(set(per_target) - {r.name for r in regions}, key=str)
+        if unknown:
+            raise SymTorchFXError(
+                f"{what} names {unknown}, which are not targets; the targets are: "
+                f"{', '.join(repr(r.name) for r in regions)}")
+
+
+def _outputs_of(outputs, region: str, layout: Layout) -> tuple[int, ...] | None:
+    """The output indices ``outputs=`` distils for ``region`` (None: all of them)."""
+    if isinstance(outputs, dict):
+        outputs = outputs.get(region)
+    if outputs is None:
+        return None
+    return check_outputs(outputs, layout, region)
 
 
 def _given_names(variable_names, region: str, n: int, projection) -> list[str] | None:
@@ -462,15 +544,19 @@ def search_records(runs: list[tuple[Job, Searched]], front: list) -> list[dict]:
     return out
 
 
-def _noise_for(noise, region: str, n: int) -> list[float | None]:
+def _noise_for(noise, region: str, n: int, index=None) -> list[float | None]:
+    """One noise floor per distilled output. With ``index`` (some outputs distilled), a list
+    may also give one per output of the region; the distilled ones are taken."""
     if noise is None:
         return [None] * n
     if isinstance(noise, dict):
-        return _noise_for(noise.get(region), region, n)
+        return _noise_for(noise.get(region), region, n, index)
     if isinstance(noise, (int, float)):
         vals = [float(noise)] * n
     else:
         vals = [float(v) for v in noise]
+        if index is not None and len(vals) != n and len(vals) > max(index):
+            vals = [vals[i] for i in index]
     if len(vals) != n or any(not np.isfinite(v) or v < 0 for v in vals):
         raise SymTorchFXError(
             f"noise for {region!r} must be one non-negative number or {n} of them (one per "
@@ -528,8 +614,8 @@ def run(prepared: nn.Module, batches, collect: bool = False, mode: str = "eval")
 
 
 def _batches(batches):
-    """``sample_inputs`` as an iterable of batches (a tensor is one batch)."""
-    if isinstance(batches, torch.Tensor):
+    """``sample_inputs`` as an iterable of batches (a tensor or an array is one batch)."""
+    if isinstance(batches, (torch.Tensor, np.ndarray)):
         return [batches]
     if not isinstance(batches, Iterable):
         raise SymTorchFXError(
@@ -540,8 +626,8 @@ def _batches(batches):
 
 def compile(  # noqa: A001 - the verb users expect: sfx.compile
     model: nn.Module,
-    targets,
-    sample_inputs,
+    targets=None,
+    sample_inputs=None,
     *,
     labels=None,
     max_samples: int = 10_000,
@@ -560,7 +646,19 @@ def compile(  # noqa: A001 - the verb users expect: sfx.compile
     ``record_mode``: ``"eval"`` (default: the model runs in eval mode while it is recorded, and
     every module's mode is put back after) or ``"train"`` (see :func:`run`). Either way the
     model's parameters and buffers are left as they were.
+
+    ``model`` may be a plain python callable mapping rows of inputs to rows of outputs (torch
+    in and out, or numpy in and out), with ``targets`` left out: ``sfx.compile(fn,
+    sample_inputs=X)``. ``fn`` gets inputs of the type ``sample_inputs`` has (an array or a
+    tensor is one batch; an iterable yields batches, each an array/tensor or a tuple of them
+    for a callable of several arguments). The result is called like ``fn`` (numpy in -> numpy
+    out, tensor in -> tensor out), switches back with ``use("neural")``, saves with
+    ``sfx.save`` and loads with ``sfx.load(path, fn)``; ``sfx.restore`` gives ``fn`` back. Its
+    variables are named after ``fn``'s arguments (``x0, x1`` for the columns of one argument).
     """
+    if sample_inputs is None:
+        raise SymTorchFXError("sample_inputs= is required: the inputs to record the model (or "
+                              "callable) on, e.g. sample_inputs=X")
     prepared = prepare(model, targets, max_samples=max_samples,
                        seed=convert_kwargs.get("seed", 0))
     if labels is None:
@@ -632,5 +730,7 @@ def _noise_from_labels(prepared, outs: list, labels) -> dict[str, list[float]]:
 def restore(sym: nn.Module) -> nn.Module:
     """The user's own model back (the object given to ``compile``/``prepare``/``load``), with
     bit-identical outputs. Parameters are shared with ``sym``, so neural parts trained through
-    ``sym`` stay trained; every submodule, buffer, alias and tied weight is there."""
-    return state_of(sym).host.restore(sym)
+    ``sym`` stay trained; every submodule, buffer, alias and tied weight is there. For a
+    distilled callable, the callable."""
+    model = state_of(sym).host.restore(sym)
+    return model.fn if isinstance(model, FunctionModel) else model

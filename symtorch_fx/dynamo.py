@@ -43,7 +43,7 @@ from .errors import SymTorchFXError, TargetError, nearest
 from .expr.equations import Equations
 from .graph.instrument import Recorder, insert_recorders
 from .graph.match import Region, assign_slugs, dynamo_path, match_dynamo
-from .graph.rewrite import SymbolicModule, fits_output, replace_sites
+from .graph.rewrite import SymbolicModule, fits_output, partial_regions, replace_sites
 from .graph.targets import normalize
 from .model import RegionResult, SymbolicModel
 
@@ -297,7 +297,8 @@ class _CompiledGraph:
         gm = self._copy()
         for r in live:
             gm.add_submodule(f"sfx_symbolic.{r.slug}", b.results[r.name].module)
-        replace_sites(gm.graph, live, lambda r: f"sfx_symbolic.{r.slug}")
+        replace_sites(gm.graph, live, lambda r: f"sfx_symbolic.{r.slug}",
+                      partial_regions(live, lambda r: b.results[r.name].module))
         gm.recompile()
         return b._compile(gm, self.example_inputs)
 

@@ -39,7 +39,7 @@ class RegionResult:
     def report(self) -> RegionEquations:
         self.sync()
         return RegionEquations(self.region.name, self.fronts, self.variables,
-                               self.info.get("projection"))
+                               self.info.get("projection") or self.info.get("features"))
 
 
 @dataclass

@@ -34,8 +34,10 @@ from .expr.grammar import (
     check_variable_names,
     complexity,
     parse,
+    to_text,
     variable,
 )
+from .function import FunctionModel, as_model
 from .graph.match import (
     MODULE_PATH,
     REGION_NAME,
@@ -49,6 +51,8 @@ from .graph.trace import trace
 from .kernels.lower import KERNELS, Layout
 from .model import RegionResult, State, attach, state_of
 from .reduce import Projection
+from .search.features import MAX_FEATURES
+from .search.features import describe as describe_features
 
 FORMAT = "symtorch_fx"
 VERSION = 1
@@ -62,11 +66,19 @@ def save(sym: nn.Module, path: str | os.PathLike) -> None:
     """Write ``sym``'s equations (fronts, choices, tuned constants, modes) to ``path``."""
     st = state_of(sym)
     write(path, st.results, st.modes, host=st.host.kind, class_name=st.host.class_name,
-          through_nn=getattr(st.host, "through_nn", False))
+          through_nn=getattr(st.host, "through_nn", False), function=_function_doc(st.host))
+
+
+def _function_doc(host) -> dict | None:
+    """What a distilled callable's file records about it: whether it takes numpy arrays."""
+    model = getattr(host, "model", None)
+    if not isinstance(model, FunctionModel):
+        return None
+    return {"numpy": model.__dict__["_callable"].numpy}
 
 
 def write(path, results: dict, modes: dict, *, host: str, class_name: str,
-          through_nn: bool = False) -> None:
+          through_nn: bool = False, function: dict | None = None) -> None:
     doc = {
         "format": FORMAT,
         "version": VERSION,
@@ -75,6 +87,8 @@ def write(path, results: dict, modes: dict, *, host: str, class_name: str,
         "through_nn": through_nn,
         "regions": [_region_doc(name, res, modes[name]) for name, res in results.items()],
     }
+    if function is not None:
+        doc["function"] = function
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=1)
 
@@ -94,10 +108,14 @@ def _region_doc(name: str, res, mode: str) -> dict:
         "sites": [{"output": s.output, "inputs": s.inputs, "nodes": s.nodes}
                   for s in r.sites] if r.kind == "pattern" else [],
         "layout": {"inputs": list(m.layout.inputs), "outputs": m.layout.outputs},
+        "distilled_outputs": list(m.outputs) if m.outputs is not None else None,
         "arg_mask": list(m.arg_mask),
         "out_dtype": str(m.out_dtype).removeprefix("torch."),
         "kernel": m.kernel,
         "variables": list(res.variables),
+        "features": None if m.features is None else [
+            {"name": n, "expr": to_text(e)} for n, e in m.features],
+        "inputs": None if m.inputs is None else list(m.inputs),
         "projection": m.projection.to_json() if m.projection is not None else None,
         "mode": mode,
         "fronts": [{
@@ -156,7 +174,8 @@ def _read_doc(path, max_work: int = MAX_BUILD_WORK) -> tuple[dict, list[tuple]]:
     _expect(isinstance(doc, dict) and doc.get("format") == FORMAT,
             f"{path} is not a symtorch_fx file (no 'format': '{FORMAT}' header)")
     _expect(doc.get("version") == VERSION,
-            f"{path} has format version {doc.get('version')!r}; this symtorch_fx reads {VERSION}")
+            f"{path} has format version {_show(doc.get('version'))}; this symtorch_fx reads "
+            f"{VERSION}")
     entries = doc.get("regions")
     _expect(isinstance(entries, list) and entries, f"{path}: field 'regions' lists no regions")
     _expect(_one_of(doc.get("host"), ("graph", "swap", "dynamo")),
@@ -182,12 +201,18 @@ def _show(v, n: int = 60) -> str:
 
 def _results(parsed: list[tuple], device=None) -> tuple[dict, dict]:
     results, modes = {}, {}
-    for region, layout, variables, fronts, arg_mask, dtype, kernel, mode, projection in parsed:
+    for (region, layout, variables, fronts, arg_mask, dtype, kernel, mode, projection,
+         index, derived) in parsed:
         module = SymbolicModule(region.name, layout, variables, arg_mask, dtype,
-                                [f.equation.expr for f in fronts], kernel, projection)
+                                [f.equation.expr for f in fronts], kernel, projection,
+                                outputs=index,
+                                features=None if derived is None else derived[1],
+                                inputs=None if derived is None else derived[0])
         if device is not None:
             module.to(device)
         info = {"projection": projection.describe()} if projection is not None else {}
+        if derived is not None:
+            info["features"] = describe_features(derived[1])
         results[region.name] = RegionResult(region, variables, fronts, module, info=info)
         modes[region.name] = mode
     return results, modes
@@ -207,8 +232,11 @@ def load(path: str | os.PathLike, model: nn.Module, *, max_work: int = MAX_BUILD
     ``max_work`` bounds the work of building each front's chosen equation (the rest are
     checked and built when first used): the default keeps any load near a second and refuses
     more, with an error that says so; a model with hundreds of long chosen equations that you
-    trust may need it raised."""
+    trust may need it raised.
+
+    ``model`` may be the plain callable a file was distilled from (``sfx.compile(fn, ...)``)."""
     doc, parsed = _read_doc(path, max_work)
+    model = _model_for(doc, model, path)
     regions = [p[0] for p in parsed]
     for r in regions:
         if r.kind in ("module", "model"):
@@ -241,6 +269,33 @@ def load(path: str | os.PathLike, model: nn.Module, *, max_work: int = MAX_BUILD
             results[r.name].module.verify_against(model.get_submodule(r.module or ""), str(path))
     sym = host.symbolic({k: r.module for k, r in results.items()}, modes)
     return attach(sym, State(host, results, modes))
+
+
+def _model_for(doc: dict, model, path) -> nn.Module:
+    """The model to load onto: ``model``, or a plain callable held as distilled."""
+    function = doc.get("function")
+    if function is not None:
+        flag = function.get("numpy") if isinstance(function, dict) else 0
+        _expect(isinstance(function, dict) and set(function) <= {"numpy"}
+                and (flag is None or isinstance(flag, bool)),
+                f"{path}: field 'function' is {_show(function)}; expected {{'numpy': true, "
+                "false or null}")
+    if isinstance(model, nn.Module) and not isinstance(model, FunctionModel):
+        if function is not None:
+            raise SerializationError(
+                f"{path} holds the equations of a plain callable; load them on that callable: "
+                "sfx.load(path, fn)")
+        return model
+    if not callable(model):
+        raise SerializationError(f"sfx.load needs the model (or callable) the equations were "
+                                 f"distilled from, got {type(model).__name__}")
+    if function is None:
+        raise SerializationError(
+            f"{path} holds the equations of a model ({_show(doc.get('model'))}), not of a "
+            "plain callable; load them on that model")
+    if isinstance(model, FunctionModel):
+        return model
+    return as_model(model, function.get("numpy"))
 
 
 def _expect(cond: bool, msg: str) -> None:
@@ -282,8 +337,22 @@ def _parse_region(e, path, index: int, budget: list[int]) -> tuple:
         _expect(projection.in_basis.shape[0] == layout.n_features
                 and projection.out_basis.shape[0] == layout.n_outputs,
                 f"{where}: field 'projection' does not fit the region's layout")
+    index = e.get("distilled_outputs")
+    if index is not None:
+        _expect(isinstance(index, list) and 0 < len(index) <= layout.n_outputs
+                and layout.outputs is not None and projection is None
+                and all(_index(i, layout.n_outputs) for i in index)
+                and index == sorted(set(index)),
+                f"{where}: field 'distilled_outputs' is {_show(index)}; expected null or "
+                f"increasing indices below the region's {layout.n_outputs} outputs (and no "
+                "projection)")
+        index = tuple(index)
+    derived = _parse_features(e, where, layout, projection, budget)
     n_vars = layout.n_features if projection is None else projection.n_inputs
-    n_outs = layout.n_outputs if projection is None else projection.n_outputs
+    if derived is not None:
+        n_vars = len(derived[1])
+    n_outs = (layout.n_outputs if projection is None else projection.n_outputs) \
+        if index is None else len(index)
     variables = field("variables", lambda v: isinstance(v, list) and len(v) == n_vars,
                       f"a list of {n_vars} variable names")
     try:
@@ -376,7 +445,48 @@ def _parse_region(e, path, index: int, budget: list[int]) -> tuple:
         [])
     region = Region(name=name, kind=kind, spec="loaded", sites=sites or [Site(module=module)],
                     module=module, ops=list(ops))
-    return region, layout, tuple(variables), fronts, tuple(arg_mask), dtype, kernel, mode, projection
+    return (region, layout, tuple(variables), fronts, tuple(arg_mask), dtype, kernel, mode,
+            projection, index, derived)
+
+
+def _parse_features(e: dict, where: str, layout: Layout, projection, budget: list[int]):
+    """A region's derived features: (input names, ((name, expr), ...)), or None."""
+    feats, inputs = e.get("features"), e.get("inputs")
+    if feats is None and inputs is None:
+        return None
+    _expect(projection is None, f"{where}: a region with a projection has no 'features'")
+    _expect(isinstance(inputs, list) and len(inputs) == layout.n_features,
+            f"{where}: field 'inputs' is {_show(inputs)}; expected the names of the region's "
+            f"{layout.n_features} input features")
+    _expect(isinstance(feats, list) and 0 < len(feats) <= MAX_FEATURES,
+            f"{where}: field 'features' is {_show(feats)}; expected a list of 1 to "
+            f"{MAX_FEATURES} features")
+    try:
+        check_variable_names(inputs)
+    except EquationSyntaxError as err:
+        raise SerializationError(f"{where}: field 'inputs': {err}") from err
+    symbols = {v: variable(v) for v in inputs}
+    out = []
+    for k, fd in enumerate(feats):
+        _expect(isinstance(fd, dict) and isinstance(fd.get("name"), str)
+                and isinstance(fd.get("expr"), str),
+                f"{where}: features[{k}] is {_show(fd)}; expected {{'name': ..., 'expr': ...}}")
+        try:
+            tokens, work = check(fd["expr"], symbols)
+            budget[0] -= tokens
+            budget[1] -= work
+            _expect(budget[0] > 0 and budget[1] > 0 and work <= MAX_EQUATION_WORK,
+                    f"{where}: features[{k}] makes the file's equations longer than "
+                    "symtorch_fx reads (see sfx.load(..., max_work=))")
+            out.append((fd["name"], parse(fd["expr"], symbols)))
+        except EquationSyntaxError as err:
+            raise SerializationError(f"{where}: features[{k}].expr: rejected equation: {err}") \
+                from err
+    try:
+        check_variable_names([n for n, _ in out])
+    except EquationSyntaxError as err:
+        raise SerializationError(f"{where}: field 'features' (names): {err}") from err
+    return tuple(inputs), tuple(out)
 
 
 def _one_of(v, choices) -> bool:

@@ -35,6 +35,14 @@ class SymbolicModule(nn.Module):
     With a ``projection`` (see ``reduce``) the equations relate components, not features:
     ``y = out_mean + f((x - in_mean) @ in_basis) @ out_basis.T`` -- two matmuls around the
     fused equations.
+
+    With ``features`` (``((name, expr), ...)``, each ``expr`` over ``inputs``, the names of the
+    region's input features) the equations are over those derived features (``r = sqrt(dx^2 +
+    dy^2)``), and are composed with them into one function of the region's inputs when lowered.
+
+    With ``outputs`` (indices into the region's outputs) only those outputs have equations: the
+    module then takes the network's own output as one more input, after the region's inputs,
+    and returns it with those columns replaced by the equations' values (``convert(outputs=)``).
     """
 
     def __init__(
@@ -47,6 +55,9 @@ class SymbolicModule(nn.Module):
         equations: list[sympy.Expr],
         kernel: str = "auto",
         projection: Projection | None = None,
+        outputs: tuple[int, ...] | None = None,
+        features: tuple[tuple[str, sympy.Expr], ...] | None = None,
+        inputs: tuple[str, ...] | None = None,
     ):
         super().__init__()
         self.region = region
@@ -70,6 +81,24 @@ class SymbolicModule(nn.Module):
             for name in ("in_mean", "in_basis", "out_mean", "out_basis"):
                 self.register_buffer(name, torch.as_tensor(getattr(projection, name),
                                                            dtype=torch.float32))
+        self.features = None if features is None else tuple(features)
+        self.inputs = None if features is None else tuple(inputs)
+        if self.features is not None:
+            if projection is not None:
+                raise SymTorchFXError(f"{region}: features= and a projection (reduce=) cannot "
+                                      "be combined")
+            if len(self.inputs) != layout.n_features or (
+                    [n for n, _ in self.features] != list(self.variables)):
+                raise SymTorchFXError(f"{region}: the features do not fit the region's "
+                                      f"{layout.n_features} inputs and the equations' variables")
+        self.outputs = None if outputs is None else check_outputs(outputs, layout, region)
+        if self.outputs is not None:
+            if projection is not None:
+                raise SymTorchFXError(f"{region}: outputs= and a projection (reduce=) cannot be "
+                                      "combined; the equations of a projection are over its "
+                                      "components")
+            self.eq_layout = Layout(layout.inputs, len(self.outputs))
+            self.register_buffer("output_index", torch.tensor(self.outputs), persistent=False)
         self.constants = nn.Parameter(torch.zeros(0))
         self.set_equations(equations)
 
@@ -81,12 +110,22 @@ class SymbolicModule(nn.Module):
 
     @kernel.setter
     def kernel(self, value: str) -> None:
-        fn = lower(self.templates, self.eq_layout, self.symbols, self.constants.numel(), value)
+        fn = self._lower(self.templates, self.constants.numel(), value)
         self._kernel, self._fn = value, fn
 
     @property
     def symbols(self) -> list[sympy.Symbol]:
         return [variable(v) for v in self.variables]
+
+    def _lower(self, templates, n_constants: int, kernel: str):
+        """The equations as one function of the region's inputs (derived features composed
+        in)."""
+        if self.features is None:
+            return lower(templates, self.eq_layout, self.symbols, n_constants, kernel)
+        defs = {variable(n): e for n, e in self.features}
+        composed = [t.xreplace(defs) for t in templates]
+        return lower(composed, self.eq_layout, [variable(v) for v in self.inputs], n_constants,
+                     kernel)
 
     def set_equations(self, equations: list[sympy.Expr]) -> None:
         """Replace the equations (one per output); constants become a new parameter."""
@@ -104,7 +143,7 @@ class SymbolicModule(nn.Module):
         dtype = old.dtype if old.dtype.is_floating_point else torch.float32
         self.templates = templates
         self.constants = nn.Parameter(torch.tensor(values, dtype=dtype, device=old.device))
-        self._fn = lower(templates, self.eq_layout, self.symbols, len(values), self._kernel)
+        self._fn = self._lower(templates, len(values), self._kernel)
 
     def set_kernel(self, kernel: str) -> None:
         """Run the same equations (and the same constants parameter) with another kernel (the
@@ -124,6 +163,8 @@ class SymbolicModule(nn.Module):
 
     def _check_first_call(self, y: torch.Tensor, args, kwargs) -> None:
         neural, source = self.__dict__.pop("_verify")
+        if self.outputs is not None:
+            return  # the network's own output came in, and ``y`` is it with columns replaced
         with torch.no_grad():
             ref = neural(*args, **kwargs)
         if isinstance(ref, torch.Tensor) and (ref.shape, ref.dtype) != (y.shape, y.dtype):
@@ -146,17 +187,14 @@ class SymbolicModule(nn.Module):
 
     def _forward(self, *args, **kwargs):
         data = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if self.outputs is not None:
+            return self._partial(data)
         if len(data) != len(self.layout.inputs):
             raise SymTorchFXError(
                 f"{self.region}: the symbolic replacement takes {len(self.layout.inputs)} tensor "
                 f"input(s) (as recorded), got {len(data)}"
             )
-        for i, (a, w) in enumerate(zip(data, self.layout.inputs)):
-            if w is not None and (a.ndim == 0 or a.shape[-1] != w):
-                raise SymTorchFXError(
-                    f"{self.region}: input {i} has shape {tuple(a.shape)}, but its equations were "
-                    f"distilled for {w} features in the last dimension"
-                )
+        self._check_inputs(data)
         if self.projection is None:
             return self._fn(*data, self.constants, out_dtype=self.out_dtype)
         cols = [a if w is not None else a.unsqueeze(-1) for a, w in zip(data, self.layout.inputs)]
@@ -168,13 +206,52 @@ class SymbolicModule(nn.Module):
             y = y.squeeze(-1)
         return y.to(self.out_dtype)
 
-    def extra_repr(self) -> str:
-        names = ["y"] if self.layout.outputs is None else [f"y{k}" for k in range(
+    def _check_inputs(self, data: list[torch.Tensor]) -> None:
+        for i, (a, w) in enumerate(zip(data, self.layout.inputs)):
+            if w is not None and (a.ndim == 0 or a.shape[-1] != w):
+                raise SymTorchFXError(
+                    f"{self.region}: input {i} has shape {tuple(a.shape)}, but its equations were "
+                    f"distilled for {w} features in the last dimension"
+                )
+
+    def _partial(self, data: list[torch.Tensor]) -> torch.Tensor:
+        """Some outputs distilled: ``data`` ends with the network's output, whose columns
+        ``outputs`` the equations replace."""
+        if len(data) != len(self.layout.inputs) + 1:
+            raise SymTorchFXError(
+                f"{self.region}: the symbolic replacement of outputs {list(self.outputs)} takes "
+                f"{len(self.layout.inputs)} tensor input(s) and the network's output, got "
+                f"{len(data)} tensors")
+        *data, neural = data
+        if neural.ndim == 0 or neural.shape[-1] != self.layout.outputs:
+            raise SymTorchFXError(
+                f"{self.region}: the network's output has shape {tuple(neural.shape)}, but the "
+                f"equations replace outputs {list(self.outputs)} of {self.layout.outputs}")
+        self._check_inputs(data)
+        eq = self._fn(*data, self.constants, out_dtype=neural.dtype)
+        return neural.index_copy(neural.ndim - 1, self.output_index.to(neural.device),
+                                 eq.expand(*neural.shape[:-1], eq.shape[-1]))
+
+    def output_names(self) -> list[str]:
+        """The names of the outputs that have equations: ``y``, ``y0..``, or ``w0..`` for the
+        components of a projection."""
+        if self.projection is not None:
+            return [f"w{k}" for k in range(self.eq_layout.n_outputs)]
+        if self.outputs is not None:
+            return [f"y{k}" for k in self.outputs]
+        return ["y"] if self.layout.outputs is None else [f"y{k}" for k in range(
             self.layout.outputs)]
+
+    def extra_repr(self) -> str:
+        names = self.output_names()
         lines = [f"region={self.region!r}"]
         if self.projection is not None:
             lines.append(self.projection.describe())
-            names = [f"w{k}" for k in range(self.eq_layout.n_outputs)]
+        if self.outputs is not None:
+            lines.append(f"outputs {list(self.outputs)} of {self.layout.outputs}; the others "
+                         "come from the network")
+        if self.features is not None:
+            lines.extend(f"{n} = {to_text(e, 4)}" for n, e in self.features)
         for n, e in zip(names, self.equations()):
             lines.append(f"{n} = {to_text(e, 4)}")
         return "\n".join(lines)
@@ -188,8 +265,31 @@ class SymbolicModule(nn.Module):
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.__dict__.setdefault("_kernel", state.get("kernel", "auto"))
-        self._fn = lower(self.templates, self.eq_layout, self.symbols, self.constants.numel(),
-                         self._kernel)
+        self.__dict__.setdefault("outputs", None)
+        self.__dict__.setdefault("features", None)
+        self.__dict__.setdefault("inputs", None)
+        self._fn = self._lower(self.templates, self.constants.numel(), self._kernel)
+
+
+def check_outputs(outputs, layout: Layout, region: str) -> tuple[int, ...]:
+    """``outputs`` (the outputs of a region to distill) as sorted unique indices, checked."""
+    if isinstance(outputs, (str, bytes)) or not hasattr(outputs, "__iter__"):
+        raise SymTorchFXError(f"outputs for {region!r} must be a list of output indices, e.g. "
+                              f"[0, 3]; got {outputs!r}")
+    idx = list(outputs)
+    if layout.outputs is None:
+        raise SymTorchFXError(f"outputs= for {region!r}: the target has one output with no "
+                              "feature dimension; leave outputs= out for it")
+    bad = [i for i in idx if isinstance(i, bool) or not isinstance(i, int)
+           or not -layout.outputs <= i < layout.outputs]
+    if bad or not idx:
+        raise SymTorchFXError(
+            f"outputs= for {region!r} must list indices of its {layout.outputs} outputs "
+            f"(0..{layout.outputs - 1}); got {outputs!r}")
+    norm = sorted({i % layout.outputs for i in idx})
+    if len(norm) != len(idx):
+        raise SymTorchFXError(f"outputs= for {region!r} lists an output twice: {outputs!r}")
+    return tuple(norm)
 
 
 def fits_output(shape, layout: Layout) -> bool:
@@ -201,9 +301,12 @@ def fits_output(shape, layout: Layout) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
-def replace_sites(g: fx.Graph, regions: list[Region], target) -> None:
+def replace_sites(g: fx.Graph, regions: list[Region], target, partial=()) -> None:
     """Replace every site of ``regions`` in ``g`` by one ``call_module(target(region))`` taking
     the site's data inputs; the site's nodes, and weights only they used, are erased.
+
+    Regions named in ``partial`` distil some of their outputs: their nodes stay, and the module
+    takes the site's inputs and its output and stands for that output from then on.
 
     Sites may feed each other (``enc.0`` -> ``enc.1``, or ``block(block(x))``): a site's output
     name then stands for the node that replaced it, so a later site reads the replacement."""
@@ -211,6 +314,13 @@ def replace_sites(g: fx.Graph, regions: list[Region], target) -> None:
     for region in regions:
         for site in region.sites:
             out = by_name[site.output]
+            if region.name in partial:
+                with g.inserting_after(out):
+                    new = g.call_module(target(region),
+                                        (*(by_name[a] for a in site.inputs), out))
+                out.replace_all_uses_with(new, delete_user_cb=lambda u, new=new: u is not new)
+                by_name[site.output] = new
+                continue
             with g.inserting_before(out):
                 new = g.call_module(target(region), tuple(by_name[a] for a in site.inputs))
             body = [by_name[n] for n in site.nodes]
@@ -223,6 +333,26 @@ def replace_sites(g: fx.Graph, regions: list[Region], target) -> None:
                 if not a.users:
                     g.erase_node(a)
     g.lint()
+
+
+def partial_regions(regions: list[Region], module_of) -> set[str]:
+    """The names of the regions whose symbolic module distils only some outputs."""
+    return {r.name for r in regions if getattr(module_of(r), "outputs", None) is not None}
+
+
+class NeuralWithSymbolic(nn.Module):
+    """What the swap host puts in place of a region that distils some outputs: the network
+    runs, then the equations replace those outputs. Holds both without registering them (they
+    are registered once, under ``sfx_neural`` and ``sfx_symbolic``)."""
+
+    def __init__(self, neural: nn.Module, symbolic: SymbolicModule):
+        super().__init__()
+        self.__dict__["neural"] = neural
+        self.__dict__["symbolic"] = symbolic
+
+    def forward(self, *args, **kwargs):
+        out = self.neural(*args, **kwargs)
+        return self.symbolic(*args, *kwargs.values(), out)
 
 
 class GraphHost:
@@ -265,7 +395,9 @@ class GraphHost:
     def apply(self, gm: fx.GraphModule, modes: dict[str, str]) -> None:
         """Point ``gm`` at a fresh copy of the original graph with the symbolic regions swapped."""
         g = self._graph()
-        replace_sites(g, [r for r in self.regions if modes.get(r.name) == "symbolic"], self.path)
+        live = [r for r in self.regions if modes.get(r.name) == "symbolic"]
+        replace_sites(g, live, self.path, partial_regions(
+            live, lambda r: gm.get_submodule(self.path(r))))
         gm.graph = g
         gm.recompile()
 
@@ -335,7 +467,10 @@ class SwapHost:
     def apply(self, root: nn.Module, modes: dict[str, str]) -> None:
         for r in self.regions:
             which = "sfx_symbolic" if modes.get(r.name) == "symbolic" else "sfx_neural"
-            self._set(root, r, root._modules[which][r.slug])
+            module = root._modules[which][r.slug]
+            if which == "sfx_symbolic" and module.outputs is not None:
+                module = NeuralWithSymbolic(root._modules["sfx_neural"][r.slug], module)
+            self._set(root, r, module)
 
     def restore(self, sym: nn.Module) -> nn.Module:
         """The user's own model, never modified: the swapped copies share its parameters."""
