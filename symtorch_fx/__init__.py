@@ -30,12 +30,13 @@ from .graph.instrument import Recorder
 from .graph.rewrite import SymbolicModule
 from .graph.targets import Pattern, pattern
 from .model import SymbolicModel
+from .pruning import OutputPruning, prune_outputs
 from .reduce import PCA, LearnedProjection, Projection
 from .search.engine import Engine
 from .search.operon import Operon
 from .search.pysr import PySR
 from .serialize import load, save
-from .slime import Explanation, explain
+from .slime import Explanation, explain, stand_in
 
 __version__ = "0.1.0"
 
@@ -47,5 +48,5 @@ __all__ = [
     "SymbolicModel", "SymbolicModule", "Recorder",
     "SymTorchFXError", "TargetError", "UntraceableModelError", "RecordingError",
     "EngineUnavailableError", "EquationSyntaxError", "SerializationError",
-    "explain", "Explanation",
+    "explain", "Explanation", "stand_in", "prune_outputs", "OutputPruning",
 ]

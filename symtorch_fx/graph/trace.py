@@ -1,7 +1,8 @@
 """Stage ``trace``: nn.Module -> torch.fx.GraphModule, with module targets kept as leaves.
 
 Module targets become single ``call_module`` nodes whatever they contain (data-dependent control
-flow inside a target is fine). When op patterns are among the targets, ``torch.nn`` modules are
+flow inside a target is fine), and so do modules with forward hooks (an output mask of
+``sfx.prune_outputs``, say), which tracing through them would drop. When op patterns are among the targets, ``torch.nn`` modules are
 traced through, so ``nn.Linear`` appears as ``F.linear`` and a pattern written with functional
 calls matches module-level code too.
 """
@@ -37,6 +38,8 @@ class Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self.leaves:
             return True
+        if m._forward_hooks or m._forward_pre_hooks:
+            return True  # tracing through calls forward, not the module: its hooks would be lost
         if self.through_nn and not isinstance(m, _OPAQUE_NN):
             return False
         return super().is_leaf_module(m, qualname)
