@@ -117,7 +117,7 @@ def main(argv=None) -> None:
     exact = float(np.mean(answers[ok] == truth[ok])) if ok.any() else 0.0
     t2 = time.perf_counter()
     engine = sfx.Operon(generations=60, population_size=300, restarts=1) if args.quick \
-        else sfx.Operon(seed=args.seed)
+        else sfx.Operon()
     sym = sfx.compile(numbers, sample_inputs=pairs, engine=engine, variable_names=["a", "b"],
                       seed=args.seed, progress=False)
     t3 = time.perf_counter()

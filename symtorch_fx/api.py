@@ -383,8 +383,8 @@ def distill_recordings(
                     else [f"y{k}" for k in index])
             spec = derived_features.per_target(features, region.name)
             if spec is not None:
-                derived = (tuple(names), derived_features.parse_features(spec, names,
-                                                                         region.name))
+                derived = (tuple(names), derived_features.parse_features(
+                    spec, names, region.name, rec.layout))
                 X, Y = derived_features.derive(derived[1], names, X, Y, region.name)
                 names = [n for n, _ in derived[1]]
         elif derived_features.per_target(features, region.name) is not None:
@@ -659,6 +659,9 @@ def compile(  # noqa: A001 - the verb users expect: sfx.compile
     if sample_inputs is None:
         raise SymTorchFXError("sample_inputs= is required: the inputs to record the model (or "
                               "callable) on, e.g. sample_inputs=X")
+    engine = convert_kwargs.get("engine")
+    if engine is not None and hasattr(engine, "check"):
+        engine.check()  # a misconfigured engine fails before the model runs, not after
     prepared = prepare(model, targets, max_samples=max_samples,
                        seed=convert_kwargs.get("seed", 0))
     if labels is None:

@@ -293,16 +293,42 @@ def test_features_over_given_variable_names_and_per_target():
     ({"dx": "x0 - x9"}, "x9"),
     ({"dx": "__import__('os')"}, "feature 'dx'"),
     ({"sin": "x0"}, "sin"),
-    ({"dx": lambda x: x[:, 0] - x[:, 2]}, "write it as an equation"),
+    ({"dx": lambda x: x[x[:, 0] > 0]}, "comparison"),
+    ({"dx": lambda x: torch.special.erfinv(x[:, 0])}, "erfinv"),
+    ({"dx": lambda x: x.sum()}, "dim=-1"),
+    ({"dx": lambda x: x.sum(0)}, "rows"),
+    ({"dx": lambda x: torch.randn(3)}, "one value per row"),
     ({"c": "2.5"}, "constant"),
     ({"nope": {"dx": "x0"}}, "not targets"),
     ("x0 - x2", "name: equation"),
+    ([3], "name: equation"),
 ])
 def test_bad_features_name_the_fix(features, words):
     X = torch.rand(64, 4)
     with pytest.raises(sfx.SymTorchFXError, match=words):
         sfx.compile(nn.Sequential(Pair()), ["0"], X, features=features,
                     engine=Candidates(["x0"]), **QUICK)
+
+
+def test_feature_functions_are_read_as_equations():
+    """SymTorch's variable_transforms are python functions; torch and numpy code made of the
+    grammar's functions becomes the same equations as the text form."""
+    X = torch.rand(200, 4) * 4 - 2
+    model = nn.Sequential(Pair())
+    fns = {"dx": lambda x: x[:, 0] - x[:, 2],
+           "dy": lambda x: np.subtract(x[:, 1], x[:, 3]),
+           "r2": lambda x: torch.linalg.norm(x[:, :2] - x[:, 2:], dim=-1) ** 2}
+    sym = sfx.compile(model, ["0"], X, features=fns, engine=Candidates(["dx*dy - r2/2"]),
+                      **QUICK)
+    module = sym.symbolic_modules["0"]
+    texts = {n: str(e) for n, e in module.features}
+    assert texts == {"dx": "x0 - x2", "dy": "x1 - x3", "r2": "(x0 - x2)**2 + (x1 - x3)**2"}
+    with torch.no_grad():
+        torch.testing.assert_close(sym(X), model(X))
+    # an unnamed list, as SymTorch takes it, and a function of several features
+    sym = sfx.compile(model, ["0"], X, features=[lambda x: x[:, :2] - x[:, 2:]],
+                      engine=Candidates(["f00*f01"]), **QUICK)
+    assert sym.equations["0"].variables == ("f00", "f01")
 
 
 def test_hostile_features_in_a_file_are_refused(tmp_path):
@@ -423,3 +449,18 @@ def test_pruning_errors_name_the_fix():
     with pytest.raises(sfx.SymTorchFXError, match="only 8"):
         p.step(0, sample_inputs=torch.rand(4, 3))
     p.remove()
+
+
+def test_operon_options_pyoperon_does_not_take_fail_before_any_search():
+    X = np.random.default_rng(0).uniform(-1, 1, (64, 2))
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return x[:, 0]
+
+    for bad, words in [(dict(seed=3), "convert\\(seed=\\)"), (dict(random_state=3), "seeded"),
+                       (dict(populaton_size=9), "takes no option 'populaton_size'")]:
+        with pytest.raises(sfx.SymTorchFXError, match=words):
+            sfx.compile(f, sample_inputs=X, engine=sfx.Operon(**bad), progress=False)
+    assert not calls  # refused before the callable (a language model, say) ran

@@ -116,6 +116,32 @@ def _symbols_of(e, what: str) -> list[str]:
 DEFAULT_OPERATORS = ("add", "sub", "mul", "div", "sin", "cos", "exp", "log", "sqrt", "square")
 
 
+#: options of pyoperon's regressor that each search sets itself
+_SET_PER_SEARCH = {"random_state": "the searches are seeded by convert(seed=) / compile(seed=)",
+                   "allowed_symbols": "pass operators=[...]",
+                   "objectives": "Operon(...) searches r2 and length, which the fronts need"}
+
+
+def check_extra_options(kwargs: dict, regressor) -> None:
+    """Refuse extra ``Operon(**kwargs)`` that pyoperon's regressor does not take, or that each
+    search sets itself, naming what to do instead."""
+    import inspect
+
+    try:
+        params = set(inspect.signature(regressor.__init__).parameters) - {"self"}
+    except (TypeError, ValueError):
+        return
+    for key in kwargs:
+        if key in _SET_PER_SEARCH:
+            raise SymTorchFXError(f"Operon({key}=...): {_SET_PER_SEARCH[key]}")
+        if key not in params:
+            hint = " (searches are seeded by convert(seed=) / compile(seed=))" \
+                if key == "seed" else ""
+            raise SymTorchFXError(
+                f"Operon({key}=...): pyoperon's SymbolicRegressor takes no option {key!r}{hint}; "
+                f"its options: {', '.join(sorted(params))}")
+
+
 class Operon:
     """Symbolic regression with Operon (the default engine; runs offline, no Julia).
 
@@ -249,13 +275,16 @@ class Operon:
         return engine
 
     def check(self) -> None:
-        """Raise :class:`EngineUnavailableError` if pyoperon cannot be imported."""
+        """Raise :class:`EngineUnavailableError` if pyoperon cannot be imported, and
+        :class:`SymTorchFXError` for an extra keyword pyoperon does not take (before any search
+        runs, not in every worker)."""
         try:
-            import pyoperon.sklearn  # noqa: F401
+            import pyoperon.sklearn
         except ImportError as e:
             raise EngineUnavailableError(
                 f"the Operon engine needs pyoperon ({e}); install it with `pip install pyoperon`"
             ) from e
+        check_extra_options(self.kwargs, pyoperon.sklearn.SymbolicRegressor)
 
     def search(self, X, y, variables, seed, weights=None) -> list[str]:
         """One Operon search of ``y ~ f(X)`` on at most ``max_rows`` rows (drawn by ``seed``;
