@@ -373,3 +373,69 @@ def test_fuzz_random_documents(tmp_path, doc, with_header):
 @given(data=st.data())
 def test_fuzz_soak(saved_doc, tmp_path, data):
     _mutate_and_load(saved_doc, tmp_path, data)
+
+
+class TwoOut(nn.Module):
+    """Two outputs; the file distils the first over a derived feature."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+
+    def forward(self, x):
+        return torch.cat([0.5 + 2 * (x[:, :1] * x[:, 1:]), self.lin(x)], -1)
+
+
+@pytest.fixture(scope="module")
+def featured_doc(tmp_path_factory) -> dict:
+    model = nn.Sequential(TwoOut())
+    sym = sfx.compile(model, targets=["0"], sample_inputs=[X], engine=Candidates(["0.5 + 2*p"]),
+                      selection="accuracy", restarts=1, transforms=(), prune=False,
+                      executor="inline", progress=False, outputs=[0], features={"p": "x0*x1"})
+    path = tmp_path_factory.mktemp("sfx") / "feat.sfx"
+    sfx.save(sym, path)
+    return json.loads(path.read_text())
+
+
+FEATURE_FUZZ = int(os.environ.get("SFX_FUZZ_EXAMPLES", "40"))
+
+
+@settings(max_examples=FEATURE_FUZZ, **FUZZ)
+@given(data=st.data())
+def test_fuzz_documents_with_features_and_some_outputs(featured_doc, tmp_path, data):
+    """The fields of derived features and distilled outputs, mutated: a load is refused with
+    the file named, or computes finite outputs of the right shape, in bounded time."""
+    doc = copy.deepcopy(featured_doc)
+    region = doc["regions"][0]
+    for _ in range(data.draw(st.integers(1, 3))):
+        paths = [p for p in _paths(region) if p and p[0] in (
+            "features", "inputs", "distilled_outputs", "variables", "fronts", "layout")]
+        path = data.draw(st.sampled_from(paths))
+        parent = region
+        for k in path[:-1]:
+            parent = parent[k]
+        if data.draw(st.booleans()) and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = data.draw(_JSON)
+    p = tmp_path / "m.sfx"
+    p.write_text(json.dumps(doc))
+    model = nn.Sequential(TwoOut())
+    t0 = time.perf_counter()
+    try:
+        y = sfx.load(p, model)(X[:8])
+    except sfx.SerializationError as e:
+        assert "m.sfx" in str(e)
+    else:
+        assert y.shape == (8, 2)
+    finally:
+        assert time.perf_counter() - t0 < BOUND
+        assert not hasattr(builtins, "SFX_PWNED")
+
+
+def test_a_featured_file_round_trips(featured_doc, tmp_path):
+    p = tmp_path / "m.sfx"
+    p.write_text(json.dumps(featured_doc))
+    model = nn.Sequential(TwoOut())
+    with torch.no_grad():
+        torch.testing.assert_close(sfx.load(p, model)(X), model(X))
