@@ -211,7 +211,9 @@ def convert(
         transforms: transforms of each output searched beside the ``restarts`` searches of
             the output itself, their equations mapped back and merged into the same front:
             ``"square"`` (search y^2, keep sqrt), ``"inverse_square"`` (search 1/y^2, keep
-            sqrt(1/f)) and ``"log"`` (search log|y|, keep exp), and their scaled forms
+            sqrt(1/f)), ``"log"`` (search log|y|, keep exp), ``"inverse"`` (search 1/y, keep
+            1/f), ``"logit"`` (an output in (0, 1): search log(y/(1-y)), keep sigmoid(f)),
+            and the scaled forms of the first three
             ``"scaled_square"``, ``"scaled_inverse_square"``, ``"scaled_log"``, which search the
             transform of ``y/m(x)``, ``m`` the monomial of the inputs that fits ``y`` best
             (``m c^2`` for a relativistic energy), and keep ``m`` times the inverse. One search
@@ -219,7 +221,7 @@ def convert(
             ``{name: searches}``). Each needs an output of one sign (all but ``square``: never
             0) and is skipped for outputs that change sign. None: the engine's own
             (``sfx.Operon``: ``square``, ``inverse_square``, ``scaled_inverse_square``,
-            ``log`` and ``scaled_log``, shorter searches than those of the output, see
+            ``log``, ``scaled_log`` and ``logit``, shorter searches than those of the output, see
             ``Operon(transform_generations=)``); ``()``: none.
         prune: also offer simpler forms of each search's candidates near its front: constants
             fixed at 0 or +-1 one at a time, the others refit (``1.0003*x0*x1 + 0.0002`` ->

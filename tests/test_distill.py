@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import sympy
 import torch
-from conftest import Wrapped, equivalent, fast_engine, train
+import torch.nn as nn
+from conftest import Wrapped, equivalent, fast_engine, mlp, train
 
 import symtorch_fx as sfx
 
@@ -268,3 +269,21 @@ def to_text_of(text, syms):
     from symtorch_fx.expr.grammar import parse, tidy, to_text
 
     return to_text(tidy(parse(text, syms), 1.0))
+
+
+def test_the_logistic_is_found_through_the_logit_of_the_output():
+    """A network that learned 1/(1 + exp(-x0 x1)): its logit is x0*x1 (issue 19, item 4)."""
+    from symtorch_fx.expr.ops import sigmoid
+
+    torch.manual_seed(0)
+    X = torch.rand(4096, 2) * 4 - 2
+    Y = torch.sigmoid(X[:, :1] * X[:, 1:])
+    net = mlp(2, 1)
+    train(net, X, Y, steps=1500)
+    net.eval()
+    sym = sfx.compile(nn.Sequential(net), ["0"], X[:2000], engine=fast_engine(),
+                      transforms=("logit",), executor="inline", progress=False)
+    front = sym.equations["0"][0]
+    x0, x1 = sympy.symbols("x0 x1")
+    assert equivalent(front.equation.expr, sigmoid(x0 * x1)), front
+    assert [s["transform"] for s in front.info["searches"]] == ["identity", "logit"]

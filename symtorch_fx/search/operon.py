@@ -210,7 +210,7 @@ class Operon:
         max_rows: int = 500,
         restarts: int = 2,
         transforms: Sequence[str] = ("square", "inverse_square", "scaled_inverse_square", "log",
-                                     "scaled_log"),
+                                     "scaled_log", "logit"),
         transform_generations: int | None = 75,
         n_threads: int = 1,
         **kwargs,

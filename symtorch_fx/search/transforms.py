@@ -57,14 +57,22 @@ class Transform:
     operators: tuple[str, ...] | None = ARITHMETIC
     #: search ``g(s*y/m(x))``, ``m`` the output's monomial scale (``fit_monomial``)
     scaled: bool = False
+    #: whether g needs ``0 < y < 1`` (a logit), searched as it is
+    unit: bool = False
 
     def sign(self, y: np.ndarray) -> int:
         """``s``: -1 for an output that is nowhere positive, searched as ``g(-y)``."""
+        if self.unit:
+            return 1
         return -1 if self.one_sign and np.all(np.asarray(y) <= 0) else 1
 
     def applies(self, y: np.ndarray) -> bool:
         """Whether these recorded values can be searched through this transform."""
         y = np.asarray(y)
+        if self.unit:  # a network's probability may stray a little past 0 or 1 on a few rows
+            inside = (y > 0) & (y < 1)
+            return bool(inside.mean() >= UNIT_SHARE and np.all(y > -UNIT_SLACK)
+                        and np.all(y < 1 + UNIT_SLACK))
         if not self.one_sign:
             return True
         if self.nonzero:
@@ -84,9 +92,25 @@ _PLAIN = (
     Transform("log", np.log, "exp({f})", nonzero=True,
               operators=ARITHMETIC + ("log",)),
 )
+#: the share of an output's rows that must lie in (0, 1) for the logit, and how far past 0 or 1
+#: the others may lie (they are searched at the nearest value inside)
+UNIT_SHARE = 0.98
+UNIT_SLACK = 0.05
+
+
+def _logit(a: np.ndarray) -> np.ndarray:
+    inside = a[(a > 0) & (a < 1)]
+    a = np.clip(a, inside.min(), inside.max())
+    return np.log(a) - np.log1p(-a)
+
+
 TRANSFORMS = {t.name: t for t in (
     Transform(IDENTITY, lambda a: a, "{f}", one_sign=False, operators=None),
     *_PLAIN,
+    # 1/y: a Lorentzian x/(a + x^2) is a polynomial over x
+    Transform("inverse", lambda a: 1.0 / a, "1/({f})", nonzero=True),
+    # log(y/(1-y)) of an output in (0, 1): the logistic 1/(1 + exp(-x0 x1)) is x0*x1
+    Transform("logit", _logit, "sigmoid({f})", unit=True),
     # the same of y/m: fitting m takes log|y|, so y must be nonzero
     *(replace(t, name=f"scaled_{t.name}", nonzero=True, scaled=True) for t in _PLAIN),
 )}
