@@ -307,14 +307,14 @@ def _sympy_zero(exprs, seconds: float) -> bool | None:
 
 
 def distill(model: Model, X: torch.Tensor, restarts: int | None, engine_kw: dict,
-            seed: int = 0, prune: bool = True):
+            seed: int = 0, prune: bool = True, decompose: bool = True):
     """(symbolic model, wall seconds, CPU seconds of this process and its workers)."""
     cpu0, t0 = _cpu(), time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sym = sfx.compile(model, targets=["net"], sample_inputs=X.split(2048),
                           engine=sfx.Operon(**engine_kw), restarts=restarts, seed=seed,
-                          prune=prune, progress=False)
+                          prune=prune, decompose=decompose, progress=False)
     return sym, time.perf_counter() - t0, _cpu() - cpu0
 
 
@@ -360,7 +360,8 @@ def run_law(law, index: int, args, engine_kw: dict) -> dict:
     X, _ = law_data(law, index)
     load = os.getloadavg()[0]
     sym, seconds, cpu = distill(model, X, args.restarts, engine_kw, args.seed,
-                                prune=not args.no_prune)
+                                prune=not args.no_prune,
+                                decompose=not getattr(args, "no_decompose", False))
     front = sym.equations["net"][0]
     rec = {
         "law": law.name, "index": index, "formula": law.formula, "d": len(law.variables),
@@ -501,12 +502,22 @@ def main(argv=None) -> None:
                    help="no searches: re-apply the rules and re-score the fronts recorded in "
                         "JSON (after a change to a rule or to the scoring), then print the tables")
     p.add_argument("--no-prune", action="store_true", help="convert(prune=False)")
+    p.add_argument("--no-decompose", action="store_true", help="convert(decompose=False)")
+    p.add_argument("--half", choices=["dev", "test"],
+                   help="only the laws of one half of the database (split by a hash of the "
+                        "law's name, fixed before anything was tuned on laws of 4+ variables): "
+                        "tune on dev, report on test and on the whole")
+    p.add_argument("--min-variables", type=int, default=1)
+    p.add_argument("--max-variables", type=int, default=feynman_suite.MAX_VARIABLES,
+                   help="laws of at most this many variables (default 3: the 35-law table; "
+                        "9: every law in the vocabulary). Pass the same with --rescore/--ablate")
     p.add_argument("--variants", nargs="*", choices=list(ABLATIONS),
                    help="with --ablate: the variants to rebuild (default: all)")
     p.add_argument("--ablate", type=Path, metavar="JSON",
                    help="no searches: rebuild the fronts of a run recorded in JSON without some "
                         "of its searches or without pruning, and print each variant's table")
     args = p.parse_args(argv)
+    feynman_suite.MAX_VARIABLES = args.max_variables
     if args.ablate:
         saved = json.loads(args.ablate.read_text())
         laws, _ = feynman_suite.load()
@@ -537,6 +548,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     laws, source = feynman_suite.load()
     indexed = [(i, law) for i, law in enumerate(laws) if not args.laws or law.name in args.laws]
+    indexed = [(i, law) for i, law in indexed if len(law.variables) >= args.min_variables
+               and (args.half is None or feynman_suite.half(law) == args.half)]
     print(f"{len(indexed)} laws from {source}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, torch {torch.__version__}", flush=True)
     # resumable: laws already in --out (same settings) are kept, not run again

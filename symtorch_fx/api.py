@@ -32,10 +32,19 @@ from .graph.trace import trace
 from .kernels.lower import Layout
 from .model import RegionResult, State, attach, state_of
 from .reduce import fit_reduction
+from .search import decompose as decomposition
 from .search import features as derived_features
 from .search import select as rules
-from .search.distill import Job, Searched, front_of_scored, run_jobs, split_rows
+from .search.distill import (
+    Job,
+    Searched,
+    front_of_scored,
+    run_jobs,
+    score_texts,
+    split_rows,
+)
 from .search.engine import default_restarts, default_transforms
+from .search.prune import prune_candidates
 from .search.transforms import TRANSFORMS, check_transforms
 from .serialize import write
 
@@ -51,7 +60,7 @@ def _as_module(model, targets) -> tuple[nn.Module, object]:
     """A model and its targets; a plain callable becomes a :class:`FunctionModel` whose target
     is the callable itself."""
     if isinstance(model, nn.Module):
-        return model, targets
+        return model, ("" if targets is None else targets)  # no targets: the model itself
     if not callable(model):
         raise SymTorchFXError(f"expected a torch.nn.Module or a callable, got "
                               f"{type(model).__name__}")
@@ -81,7 +90,8 @@ def _build_host(model: nn.Module, targets) -> GraphHost | SwapHost:
         if any(r.kind == "model" for r in regions):
             raise UntraceableModelError(
                 f"the whole model is a target, which needs a graph, but {e}. Target its "
-                "submodules instead"
+                "submodules instead, or distil it as a callable: sfx.compile(lambda x: "
+                "model(x), sample_inputs=X)"
             ) from e
         return SwapHost(model, regions)
     bind_module_sites(regions, gm)
@@ -100,7 +110,8 @@ def prepare(model: nn.Module, targets=None, *, max_samples: int = 10_000,
     ``model`` may also be a plain python callable (``targets`` left out): see :func:`compile`.
 
     Args:
-        targets: a name or glob over qualified module names (``"blocks.*.mlp"``; ``*`` is one
+        targets: what to distil (default: the whole model): a name or glob over qualified
+            module names (``"blocks.*.mlp"``; ``*`` is one
             name component, ``**`` any number), a module class, a predicate
             ``(name, module) -> bool``, an op pattern ``sfx.pattern(fn)``, or a list of these.
         max_samples: rows kept per region (a uniform reservoir over everything seen).
@@ -196,6 +207,7 @@ def convert(
     variable_names=None,
     outputs=None,
     features=None,
+    decompose: bool = True,
 ) -> nn.Module:
     """Distill every recorded region and return the symbolic model.
 
@@ -258,6 +270,11 @@ def convert(
             target, or ``{target: {name: equation}}``. The equations are written over the
             features; the symbolic module composes them with the features, so it takes the
             target's own inputs. Saved as text. Not with ``reduce``.
+        decompose: use the target as an oracle (``search.decompose``): test whether each output
+            of 2 or more inputs is a sum or a product of functions of fewer inputs (and which
+            inputs it ignores), search each part on its own, and add their composition to the
+            front, where it is scored like every other equation. For module and whole-model
+            targets whose module reproduces its recordings; ``False`` turns it off.
     """
     st = _prepared_state(prepared)
     _dry_run(st, outputs)
@@ -266,7 +283,8 @@ def convert(
         restarts=restarts, transforms=transforms, prune=prune, reduce=reduce,
         executor=executor, progress=progress,
         validation=validation, seed=seed, kernel=kernel, allow_wide=allow_wide,
-        variable_names=variable_names, outputs=outputs, features=features)
+        variable_names=variable_names, outputs=outputs, features=features,
+        oracles=_oracles(st) if decompose else None)
     modes = {name: "symbolic" for name in results}
     try:
         sym = st.host.symbolic({k: r.module for k, r in results.items()}, modes)
@@ -331,6 +349,7 @@ def distill_recordings(
     variable_names=None,
     outputs=None,
     features=None,
+    oracles=None,
 ) -> dict[str, RegionResult]:
     """Recordings -> fronts -> chosen equations -> SymbolicModules, per region."""
     from .search.operon import Operon
@@ -351,6 +370,8 @@ def distill_recordings(
 
     _check_keys(variable_names, "variable_names", regions)
     _check_keys(outputs, "outputs", regions)
+    plans: dict[tuple[str, int], tuple] = {}
+    asks: list[tuple] = []  # outputs to decompose, once the width is known to be fine
     if isinstance(features, dict) and features and all(
             isinstance(v, (dict, list, tuple)) for v in features.values()):
         _check_keys(features, "features", regions)
@@ -377,16 +398,20 @@ def distill_recordings(
             raise SymTorchFXError(
                 f"target {region.name!r}: outputs= and reduce= cannot be combined (the equations "
                 "of a reduction are over its components); drop one of them for this target")
-        given = _given_names(variable_names, region.name, rec.layout.n_features, projection)
+        spec = derived_features.per_target(features, region.name)
+        labels = _feature_labels(variable_names, region.name, spec, rec.layout.n_features)
+        given = _given_names(None if labels else variable_names, region.name,
+                             rec.layout.n_features, projection)
         derived = None
         if projection is None:
             names = given or feature_names(getattr(rec, "input_names", []), rec.layout)
             outs = (output_names(rec.layout) if index is None
                     else [f"y{k}" for k in index])
-            spec = derived_features.per_target(features, region.name)
             if spec is not None:
-                derived = (tuple(names), derived_features.parse_features(
-                    spec, names, region.name, rec.layout))
+                parsed = derived_features.parse_features(spec, names, region.name, rec.layout)
+                if labels:
+                    parsed = _relabel(parsed, labels, region.name, rec.layout.n_features)
+                derived = (tuple(names), parsed)
                 X, Y = derived_features.derive(derived[1], names, X, Y, region.name)
                 names = [n for n, _ in derived[1]]
         elif derived_features.per_target(features, region.name) is not None:
@@ -399,6 +424,9 @@ def distill_recordings(
             outs = [f"w{k}" for k in range(Y.shape[1])]
         train, val = split_rows(len(X), validation, seed + ri)
         data[region.name] = (X, Y, names, outs, train, val, projection, index, derived)
+        oracle = None
+        if oracles and projection is None and derived is None and X.shape[1] >= 2:
+            oracle = _checked_oracle(oracles.get(region.name), X, Y, index)
         for k in range(Y.shape[1]):
             for r in range(restarts):
                 jobs.append(Job(region.name, k, r, X[train], Y[train, k], names,
@@ -412,12 +440,26 @@ def distill_recordings(
                                     seed=_job_seed(seed, ri, k, r), transform=name,
                                     sign=t.sign(Y[:, k]), prune=prune,
                                     holdout=(X[val], Y[val, k])))
+            if oracle is not None and k < MAX_DECOMPOSED_OUTPUTS:
+                asks.append((ri, region, k, oracle, X, Y, train, val, names, index))
 
     _check_width(jobs, allow_wide)
+    for ri, region, k, oracle, X, Y, train, val, names, index in asks:
+        floor = _noise_for(noise, region.name, Y.shape[1], index)[k]
+        plan = _decompose(oracle, k, X, Y[:, k], train, floor, _job_seed(seed, ri, k, 0))
+        if plan is None:
+            continue
+        plans[(region.name, k)] = plan
+        first = restarts + len(transforms)
+        for li, (leaf, LX, Ly) in enumerate(plan[1]):
+            r = first + li
+            jobs.append(Job(region.name, k, r, LX[train], Ly[train],
+                            [names[i] for i in leaf.inputs], seed=_job_seed(seed, ri, k, r),
+                            prune=prune, holdout=(LX[val], Ly[val]), part=li))
     searched = run_jobs(engine, jobs, executor=executor, progress=progress)
     try:
         return _results_of(regions, recorders, data, jobs, searched, engine, selection, noise,
-                           kernel)
+                           kernel, plans)
     except Exception as e:
         e.sfx_searched = list(zip(jobs, searched))
         e.add_note("symtorch_fx: the search finished; every search's candidates are in this "
@@ -426,7 +468,7 @@ def distill_recordings(
 
 
 def _results_of(regions, recorders, data, jobs, searched, engine, selection, noise,
-                kernel) -> dict[str, RegionResult]:
+                kernel, plans=None) -> dict[str, RegionResult]:
     by_output: dict[tuple[str, int], list[tuple[Job, Searched]]] = {}
     for job, s in zip(jobs, searched):
         by_output.setdefault((job.region, job.output), []).append((job, s))
@@ -439,11 +481,24 @@ def _results_of(regions, recorders, data, jobs, searched, engine, selection, noi
         fronts = []
         for k, out_name in enumerate(outs):
             runs = by_output[(region.name, k)]
-            front = front_of_scored([c for _, s in runs for c in s.scored], symbols,
-                                    Y[train, k], Y[val, k],
-                                    [b for _, s in runs for b in s.bad_syntax])
-            fronts.append(ParetoFront(region.name, out_name, front,
-                                      info={"searches": search_records(runs, front)}))
+            whole = [(j, s) for j, s in runs if j.part is None]
+            plan = (plans or {}).get((region.name, k))
+            composed = [] if plan is None else _composed(plan, runs, X, Y[:, k], train, val,
+                                                         names, symbols, runs[0][0].prune)
+            front = front_of_scored([c for _, s in whole for c in s.scored] + composed,
+                                    symbols, Y[train, k], Y[val, k],
+                                    [b for _, s in whole for b in s.bad_syntax])
+            info = {"searches": search_records(runs, front)}
+            if plan is not None:
+                info["decomposition"] = plan[0].describe(list(names))
+                info["composed"] = [c.text for c in composed]
+                unused = decomposition.ignored(plan[0])
+                if unused:
+                    info["ignored_inputs"] = [names[i] for i in unused]
+                est = decomposition.network_error(plan[0])
+                if est is not None:
+                    info["network_error_estimate"] = est
+            fronts.append(ParetoFront(region.name, out_name, front, info=info))
         floors = _noise_for(noise, region.name, len(fronts), index)
         for front, rule, floor in zip(fronts, rules.per_output(selection, len(fronts)), floors):
             rules.apply(front, rule, floor)
@@ -461,6 +516,136 @@ def _results_of(regions, recorders, data, jobs, searched, engine, selection, noi
             info["features"] = derived_features.describe(derived[1])
         results[region.name] = RegionResult(region, tuple(names), fronts, module, info=info)
     return results
+
+
+def _oracles(st: PreparedState) -> dict:
+    """For each module or whole-model region, its neural module as a function of rows of
+    features (numpy (N, F) -> (N, K)), for ``search.decompose``; checked against the
+    recordings before use (:func:`_checked_oracle`)."""
+    out = {}
+    for r in st.regions:
+        rec = st.recorders[r.name]
+        if r.kind not in ("module", "model") or rec.layout is None:
+            continue
+        host = st.host
+        try:
+            module = (host.originals[r.name] if isinstance(host, SwapHost)
+                      else host.model.get_submodule(r.module or ""))
+        except (AttributeError, KeyError):
+            continue
+        out[r.name] = _oracle(module, rec)
+    return out
+
+
+def _oracle(module: nn.Module, rec: Recorder):
+    layout, dtypes, device = rec.layout, rec.input_dtypes, rec.device
+
+    def f(rows: np.ndarray) -> np.ndarray:
+        args, at = [], 0
+        for w, dt in zip(layout.inputs, dtypes):
+            cols = rows[:, at] if w is None else rows[:, at:at + w]
+            at += 1 if w is None else w
+            args.append(torch.as_tensor(np.ascontiguousarray(cols), dtype=dt, device=device))
+        flags = [m.training for m in module.modules()]
+        try:
+            module.eval()
+            with torch.no_grad():
+                out = module(*args)
+        finally:
+            for m, flag in zip(module.modules(), flags):
+                m.training = flag
+        return out.detach().double().cpu().reshape(len(rows), -1).numpy()
+
+    return f
+
+
+#: outputs of one target that are decomposed (the first ones; a wide layer is distilled
+#: between components, see ``reduce``)
+MAX_DECOMPOSED_OUTPUTS = 8
+#: the longest the decomposition's queries of a target may take (estimated from one call)
+ORACLE_SECONDS = 10.0
+
+
+def _checked_oracle(oracle, X: np.ndarray, Y: np.ndarray, index):
+    """``oracle`` if it gives the recorded outputs on recorded rows (the module runs on rows
+    alone: no sequence dimension, no other argument) and is quick enough to ask the
+    decomposition's questions (``ORACLE_SECONDS``), else None."""
+    if oracle is None:
+        return None
+    rows = X[: min(len(X), 64)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
+            got = oracle(rows)
+            per_row = (time.perf_counter() - t0) / len(rows)
+    except Exception:  # noqa: BLE001 - a module that needs more than rows is not an oracle
+        return None
+    if per_row * decomposition.queries(X.shape[1]) > ORACLE_SECONDS:
+        return None  # too slow to ask (a language model behind a callable, say)
+    if index is not None:
+        if got.shape[1] <= max(index):
+            return None
+        got = got[:, list(index)]
+    want = Y[: len(rows)]
+    if got.shape != want.shape:
+        return None
+    scale = np.abs(want).max() or 1.0
+    if not np.allclose(got, want, rtol=1e-4, atol=1e-5 * scale):
+        return None
+    if index is not None:
+        cols = list(index)
+        return lambda r: oracle(r)[:, cols]
+    return oracle
+
+
+def _decompose(oracle, k: int, X, y, train, noise, seed):
+    """The decomposition of output ``k`` (``search.decompose.plan``) and its leaves' rows, or
+    None when the output does not split. The tolerance is the larger of 2% of the output's
+    spread and three times the network's error, when known."""
+    spread = float(np.std(y[train])) or 1.0
+    tol = 0.02 if not noise else max(0.02, 3 * float(np.sqrt(noise)) / spread)
+    fk = (lambda r: oracle(r)[:, k])
+    try:
+        tree = decomposition.plan(fk, X[train], tol=tol, seed=seed)
+    except (FloatingPointError, ValueError, RuntimeError):
+        return None
+    if not tree.splits:
+        return None
+    leaves = [(leaf, *decomposition.leaf_rows(X, leaf)) for leaf in tree.leaves()]
+    return tree, leaves
+
+
+def _composed(plan, runs, X, y, train, val, names, symbols, prune: bool = True) -> list:
+    """The decomposition's candidates: each leaf's equations (the one ``auto`` picks and the
+    most accurate), composed into equations of the output and scored on its held-out rows."""
+    tree, leaves = plan
+    picks = []
+    for li, (leaf, LX, Ly) in enumerate(leaves):
+        scored = [c for j, s in runs if j.part == li for c in (s.scored or [])]
+        if not scored:
+            return []
+        lnames = [names[i] for i in leaf.inputs]
+        lsyms = [variable(n) for n in lnames]
+        poly, _ = score_texts(decomposition.polynomial_candidates(LX[train], Ly[train], lnames),
+                              lsyms, LX[val], Ly[val], LX[train], canonical=True,
+                              scale=float(np.std(Ly[train])) or 1.0)
+        scored = scored + [s for _, s in poly]
+        front = front_of_scored(scored, lsyms, Ly[train], Ly[val])
+        ok = [e.finite for e in front]
+        if not any(ok):
+            return []
+        auto, best = (front[rules._pick(front, rule, ok)].text() for rule in ("auto", "accuracy"))
+        picks.append((id(leaf), auto, best))
+    combos = [{lid: a for lid, a, _ in picks}, {lid: b for lid, _, b in picks}]
+    for lid, _, b in picks:  # one leaf at its most accurate, the others as auto picks
+        combos.append({**combos[0], lid: b})
+    texts = list(dict.fromkeys(t for t in (decomposition.compose(tree, c) for c in combos) if t))
+    if prune:  # the anchors leave small constants where parts meet: offer the forms without
+        texts += prune_candidates(texts, X[train], y[train], list(names), None, 0)
+    found, _ = score_texts(texts, symbols, X[val], y[val], X[train], canonical=True,
+                           scale=float(np.std(y[train])) or 1.0)
+    return [s for _, s in found]
 
 
 def _check_keys(per_target, what: str, regions: list[Region]) -> None:
@@ -482,6 +667,30 @@ def _outputs_of(outputs, region: str, layout: Layout) -> tuple[int, ...] | None:
     return check_outputs(outputs, layout, region)
 
 
+def _feature_labels(variable_names, region: str, spec, n_inputs: int) -> list | None:
+    """SymTorch's spelling: an unnamed list of features with ``variable_names`` naming the
+    features (not the inputs). The names, when ``variable_names`` is that; else None."""
+    if spec is None or not derived_features.unnamed(spec):
+        return None
+    names = variable_names.get(region) if isinstance(variable_names, dict) else variable_names
+    if not isinstance(names, (list, tuple)) or len(names) == n_inputs:
+        return None
+    return list(names)
+
+
+def _relabel(parsed, labels: list, region: str, n_inputs: int):
+    if len(labels) != len(parsed):
+        raise SymTorchFXError(
+            f"variable_names gives {len(labels)} names for {region!r}, which has {n_inputs} "
+            f"inputs and {len(parsed)} features; give one name per input, or per feature (or "
+            "name the features: features={name: feature})")
+    try:
+        check_variable_names(labels)
+    except EquationSyntaxError as e:
+        raise SymTorchFXError(f"variable_names for {region!r}: {e}") from e
+    return tuple((str(n), e) for n, (_, e) in zip(labels, parsed))
+
+
 def _given_names(variable_names, region: str, n: int, projection) -> list[str] | None:
     """The variable names the user gave for ``region`` (checked), or None."""
     if variable_names is None:
@@ -501,7 +710,8 @@ def _given_names(variable_names, region: str, n: int, projection) -> list[str] |
             "reduce=, not its features; drop one of the two for this target")
     if len(names) != n:
         raise SymTorchFXError(f"variable_names gives {len(names)} names for {region!r}, which "
-                              f"has {n} input features")
+                              f"has {n} input features (to name derived features instead, "
+                              "pass features={name: feature})")
     try:
         check_variable_names(names)
     except EquationSyntaxError as e:
@@ -543,6 +753,8 @@ def search_records(runs: list[tuple[Job, Searched]], front: list) -> list[dict]:
             "error": s.error,
             "on_front": [i for i, t in enumerate(texts) if t in mine],
         })
+        if job.part is not None:  # a part of the decomposition: its equations are composed
+            out[-1].update(part=job.part, variables=list(job.variables), on_front=[])
     return out
 
 
@@ -683,6 +895,8 @@ def compile(  # noqa: A001 - the verb users expect: sfx.compile
     finally:
         hook.remove()
     outs += run(prepared, batches, collect=True, mode=record_mode)
+    # a distilled callable answers numpy arrays for numpy inputs
+    outs = [torch.from_numpy(np.asarray(o)) if isinstance(o, np.ndarray) else o for o in outs]
     convert_kwargs["noise"] = _noise_from_labels(prepared, outs, labels)
     _check_target_is_output(region, seen, outs[0])
     return convert(prepared, **convert_kwargs)

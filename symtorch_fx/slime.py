@@ -275,14 +275,15 @@ def explain(
     # the black box is the truth here, known up to float rounding: with this floor as its
     # "noise", "auto" takes the highest score among equations within 1.5x of the best loss
     # (PySR's rule), counting losses below the floor as equal
-    rules.apply(front, selection, noise=NOISE_FLOOR * float(np.average(y**2, weights=w)))
+    rules.apply(front, selection, noise=NOISE_FLOOR * float(np.average(y**2, weights=w)),
+                warn_far=False)
     t_front = time.perf_counter() - t0
 
     return Explanation(
         front=front, x0=x0, value=y0, feature_names=names, features=features, task=task,
         output=output, samples=Z, targets=y, weights=w, held_out=_mask(val, len(Z)),
         n_real=len(near), std=sd, kernel_width=float(np.sqrt(width2)),
-        black_box=lambda rows: column(black_box(rows)),
+        black_box=_Explained(black_box, column),
         neighbour_rows=near, real_weighting=real_weighting, nn_metric=nn_metric,
         stand_in={"column": stands_for, "outputs": black_box.out_columns,
                   "dtype": black_box.out_dtype, "device": black_box.out_device},
@@ -718,6 +719,28 @@ def _is_probability(Y: np.ndarray) -> bool:
                 and np.all(np.abs(Y.sum(1) - 1) <= 1e-3))
 
 
+class _Column:
+    """The explained value from the black box's outputs ``R``: column ``k`` (``1 - R[:, k]``
+    with ``flip``, of the softmax with ``softmax``). A class, so explanations pickle."""
+
+    def __init__(self, k: int, flip: bool = False, softmax: bool = False):
+        self.k, self.flip, self.softmax = k, flip, softmax
+
+    def __call__(self, R: np.ndarray) -> np.ndarray:
+        v = (_softmax(R) if self.softmax else R)[:, self.k]
+        return 1.0 - v if self.flip else v
+
+
+class _Explained:
+    """The explained value as a function of rows: ``column(black_box(rows))``."""
+
+    def __init__(self, black_box, column):
+        self.black_box, self.column = black_box, column
+
+    def __call__(self, rows):
+        return self.column(self.black_box(rows))
+
+
 def _target(Y: np.ndarray, task: str, output, logits: bool):
     """Which output of f is explained: (task, output index, output name, column, stands_for),
     where ``column`` maps f's raw outputs (n, K) to the explained values (n,), and
@@ -754,7 +777,7 @@ def _target(Y: np.ndarray, task: str, output, logits: bool):
             output = 0
         _check_output(output, K, "output")
         k = int(output)
-        return task, k, ("y" if K == 1 else f"y{k}"), lambda R: R[:, k], (k, 0.0, 1.0)
+        return task, k, ("y" if K == 1 else f"y{k}"), _Column(k), (k, 0.0, 1.0)
     if K == 1:  # one probability: that of class 1 of two
         if not _is_probability(np.concatenate([1 - Y, Y], 1)):
             raise SymTorchFXError(
@@ -765,8 +788,8 @@ def _target(Y: np.ndarray, task: str, output, logits: bool):
         _check_output(output, 2, "class")
         k = int(output)
         if k == 1:
-            return task, k, "p1", lambda R: R[:, 0], (0, 0.0, 1.0)
-        return task, k, "p0", lambda R: 1.0 - R[:, 0], (0, 1.0, -1.0)
+            return task, k, "p1", _Column(0), (0, 0.0, 1.0)
+        return task, k, "p0", _Column(0, flip=True), (0, 1.0, -1.0)
     if not _is_probability(probs):
         raise SymTorchFXError(
             f"task='classification' needs f to return class probabilities (rows of {K} "
@@ -776,8 +799,8 @@ def _target(Y: np.ndarray, task: str, output, logits: bool):
     _check_output(output, K, "class")
     k = int(output)
     if logits:  # the explained value is no output of f: a stand-in cannot be made from it
-        return task, k, f"p{k}", lambda R: _softmax(R)[:, k], None
-    return task, k, f"p{k}", lambda R: R[:, k], (k, 0.0, 1.0)
+        return task, k, f"p{k}", _Column(k, softmax=True), None
+    return task, k, f"p{k}", _Column(k), (k, 0.0, 1.0)
 
 
 def _check_output(output, K: int, what: str) -> None:

@@ -44,7 +44,7 @@ def test_the_callable_distils_to_what_it_computes():
         sym = sfx.compile(numbers, sample_inputs=pairs, engine=fast_engine(),
                           variable_names=["a", "b"], executor="inline", progress=False)
     assert any("NaN or inf" in str(x.message) for x in w)  # the unanswered ones were dropped
-    assert numbers.calls == len({tuple(p) for p in pairs.tolist()})  # each pair asked once
+    assert numbers.calls == len(numbers._memo)  # each pair asked once, however often asked
     a, b = sympy.symbols("a b")
     assert equivalent(sym.equations["function"][0].equation.expr, a + b)
     np.testing.assert_allclose(sym(pairs[:5]), pairs[:5].sum(1), atol=1e-6)

@@ -17,7 +17,9 @@ from conftest import Candidates, equivalent, fast_engine
 
 import symtorch_fx as sfx
 
-QUICK = dict(restarts=1, transforms=(), prune=False, executor="inline", progress=False)
+# the mechanics tests pick among fixed candidates: no decomposition adding its own
+QUICK = dict(restarts=1, transforms=(), prune=False, executor="inline", progress=False,
+             decompose=False)
 x0, x1, x2, x3 = sympy.symbols("x0 x1 x2 x3")
 
 
@@ -464,3 +466,13 @@ def test_operon_options_pyoperon_does_not_take_fail_before_any_search():
         with pytest.raises(sfx.SymTorchFXError, match=words):
             sfx.compile(f, sample_inputs=X, engine=sfx.Operon(**bad), progress=False)
     assert not calls  # refused before the callable (a language model, say) ran
+
+
+def test_labels_work_for_a_numpy_callable():
+    """The network's error from labels (here: a callable that errs by 0.1 everywhere)."""
+    X = np.random.default_rng(0).uniform(-1, 1, (300, 2))
+    truth = X[:, 0] * X[:, 1]
+    sym = sfx.compile(lambda x: x[:, 0] * x[:, 1] + 0.1, sample_inputs=X, labels=truth,
+                      engine=Candidates(["x0*x1 + 0.1", "x0*x1"]), **QUICK)
+    (front,) = sym.equations["function"]
+    assert front.info["noise"] == pytest.approx(0.01)

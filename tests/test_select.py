@@ -395,7 +395,7 @@ def test_transforms_default_to_the_engines_own_and_are_checked():
                 executor="inline", progress=False)
     assert len(told.targets) == 1
     assert sfx.Operon().transforms == ("square", "inverse_square", "scaled_inverse_square", "log",
-                                       "scaled_log")
+                                       "scaled_log", "logit")
     assert getattr(sfx.PySR(), "transforms", ()) == ()
     for bad, why in (("square", "must be a list of names"), (["cube"], "unknown output"),
                      (["identity"], "unknown output"), ({"log": -1}, "number of searches"),

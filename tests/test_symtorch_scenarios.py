@@ -7,7 +7,7 @@ the same work is ``sfx.compile(model, targets, X)``, ``sym.use(...)``, ``sym.sel
 ``sfx.prune_outputs``, ``sfx.explain`` and ``sfx.save``/``sfx.load``. Each test's docstring
 names the SymTorch test or demo it ports. SymTorch's own tests mock PySR; every search here is
 the real embedded engine (Operon) on a small seeded budget, and the blocks are trained networks
-or exact laws. What does not work yet is kept as a strict xfail that says why.
+or exact laws.
 """
 
 from __future__ import annotations
@@ -302,10 +302,6 @@ def test_distil_a_standalone_layer_all_outputs():
         np.testing.assert_allclose(front.equation(rows), want[:, k], atol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="a bare nn.Module given without targets= is refused "
-                   "(TargetError: 'targets= is required'), although a plain callable is "
-                   "distilled as a whole without them and targets=[''] distils the module as a "
-                   "whole; the error does not mention that spelling")
 def test_distil_a_standalone_layer_without_naming_a_target():
     """SymTorch ``SymbolicModel(nn.Linear(5, 3)).distill(x)``, ported literally: the module is
     the block, as a callable would be."""
@@ -639,12 +635,6 @@ def test_gnn_demo_variable_transforms(tmp_path):
                     **QUICK)
 
 
-@pytest.mark.xfail(strict=True, reason="variable_names= always names the target's inputs: "
-                   "given with a list of features (SymTorch's variable_transforms plus "
-                   "fit_params={'variable_names': [...]}) the 7 names are checked against the 12 "
-                   "inputs and refused ('variable_names gives 7 names for 'edge_model', which "
-                   "has 12 input features'); the error does not say to name the features with "
-                   "features={name: transform}")
 def test_gnn_demo_transforms_named_by_variable_names():
     """SymTorch gnns_demo, ported literally: ``distill(x, variable_transforms=transforms,
     fit_params={'variable_names': names})``, the names naming the transforms."""
@@ -887,9 +877,6 @@ def _slime_f(Z):
     return Z[:, 0] * Z[:, 1]
 
 
-@pytest.mark.xfail(strict=True, reason="an sfx.Explanation cannot be pickled (torch.save, "
-                   "pickle, multiprocessing): explain() stores a local lambda "
-                   "(explain.<locals>.<lambda>, slime.py: black_box=lambda rows: ...) on it")
 def test_slime_explanation_saves_and_loads():
     """SymTorch test ``test_save_load_with_slime_regressors``: the SLIME fit is saved with the
     model and loads back with its equations."""
@@ -931,11 +918,6 @@ def test_model_in_float64():
     torch.testing.assert_close(out, model(X), atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="casting a symbolic model after distilling "
-                   "(sym.double(), .float(), .to(torch.bfloat16)) leaves each region's output "
-                   "in the dtype recorded at compile time (SymbolicModule.out_dtype), so the "
-                   "next layer, now in the new dtype, raises 'mat1 and mat2 must have the same "
-                   "dtype' (in neural mode the same model runs)")
 def test_cast_the_symbolic_model_to_another_dtype():
     """SymTorch benchmark_symbolicmodel.py / pinn_timing.py move the model after distilling
     (``model.to(device)``); the dtype half of that: distil in float32, run in float64."""

@@ -131,9 +131,15 @@ def test_pattern_no_match_lists_ops():
         regions([sfx.pattern(tanh_mlp)], ModuleMLP())
 
 
+def test_no_targets_means_the_whole_model():
+    """As a SymTorch user wraps a whole block: no targets= distils the model itself."""
+    (region,) = sfx.prepare(Encoder())._sfx_prepared.regions
+    assert region.kind == "model" and region.name == ""
+
+
 def test_bad_target_specs():
-    with pytest.raises(sfx.TargetError, match="targets= is required"):
-        sfx.prepare(Encoder(), None)
+    with pytest.raises(sfx.TargetError, match="targets= is empty"):
+        sfx.prepare(Encoder(), [])
     with pytest.raises(sfx.TargetError, match="cannot use 3"):
         sfx.prepare(Encoder(), [3])
     with pytest.raises(sfx.TargetError, match="sfx.pattern"):

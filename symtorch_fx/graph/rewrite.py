@@ -99,7 +99,10 @@ class SymbolicModule(nn.Module):
                                       "components")
             self.eq_layout = Layout(layout.inputs, len(self.outputs))
             self.register_buffer("output_index", torch.tensor(self.outputs), persistent=False)
-        self.constants = nn.Parameter(torch.zeros(0))
+        # the constants are kept in the output's float type, and follow .double(), .half(),
+        # .to(dtype) with the rest of the model; so does the output (see ``dtype``)
+        self.constants = nn.Parameter(torch.zeros(
+            0, dtype=out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32))
         self.set_equations(equations)
 
     @property
@@ -144,6 +147,14 @@ class SymbolicModule(nn.Module):
         self.templates = templates
         self.constants = nn.Parameter(torch.tensor(values, dtype=dtype, device=old.device))
         self._fn = self._lower(templates, len(values), self._kernel)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The type of the outputs: the recorded one, or the float type the module was cast
+        to since (``sym.double()``), which its constants carry."""
+        if self.out_dtype.is_floating_point and self.constants.dtype.is_floating_point:
+            return self.constants.dtype
+        return self.out_dtype
 
     def set_kernel(self, kernel: str) -> None:
         """Run the same equations (and the same constants parameter) with another kernel (the
@@ -196,7 +207,7 @@ class SymbolicModule(nn.Module):
             )
         self._check_inputs(data)
         if self.projection is None:
-            return self._fn(*data, self.constants, out_dtype=self.out_dtype)
+            return self._fn(*data, self.constants, out_dtype=self.dtype)
         cols = [a if w is not None else a.unsqueeze(-1) for a, w in zip(data, self.layout.inputs)]
         x = cols[0] if len(cols) == 1 else torch.cat(cols, -1)
         dt = torch.promote_types(x.dtype, self.in_basis.dtype)
@@ -204,7 +215,7 @@ class SymbolicModule(nn.Module):
         y = self._fn(z, self.constants) @ self.out_basis.T + self.out_mean
         if self.layout.outputs is None:
             y = y.squeeze(-1)
-        return y.to(self.out_dtype)
+        return y.to(self.dtype)
 
     def _check_inputs(self, data: list[torch.Tensor]) -> None:
         for i, (a, w) in enumerate(zip(data, self.layout.inputs)):

@@ -50,11 +50,16 @@ class Job:
     prune: bool = False
     #: held-out rows ``(X_val, y_val)``: score every candidate in the worker (``Searched.scored``)
     holdout: tuple[np.ndarray, np.ndarray] | None = None
+    #: a part of the output's decomposition (``search.decompose``), by its index among the
+    #: leaves; its equations are over the part's inputs and are composed, not used as they are
+    part: int | None = None
 
     @property
     def label(self) -> str:
         return (f"{self.region}[{self.output}]"
-                + (f" restart {self.restart}" if self.restart else "")
+                + (f" restart {self.restart}" if self.restart and self.part is None else "")
+                + (f" part {self.part} ({', '.join(self.variables)})"
+                   if self.part is not None else "")
                 + ("" if self.transform == IDENTITY else f" ({self.transform} of the output)"))
 
 
@@ -86,6 +91,8 @@ def run_job(engine, job: Job) -> Searched:
     """Runs in a worker: one engine search (of the job's transform of ``y``, mapped back)."""
     start = time.perf_counter()
     t = TRANSFORMS[job.transform]
+    if job.part is not None and hasattr(engine, "for_part"):
+        engine = engine.for_part()
     if t.operators is not None:
         if hasattr(engine, "for_transform"):
             engine = engine.for_transform(t)

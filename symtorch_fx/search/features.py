@@ -53,6 +53,12 @@ def _pairs(spec, region: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def unnamed(spec) -> bool:
+    """Whether ``spec`` is a plain list of features (named ``f0, f1, ...``)."""
+    return isinstance(spec, (list, tuple)) and all(
+        isinstance(p, str) or (callable(p) and not isinstance(p, (list, tuple))) for p in spec)
+
+
 def per_target(features, region: str):
     """The features ``features=`` gives ``region`` (None: none): one spec for every target, or
     ``{target: spec}`` (a dict whose values are specs, not equations)."""

@@ -175,7 +175,8 @@ class Operon:
             with arithmetic operators only (and ``log`` for the log), their equations mapped
             back into the same front. A name listed twice is searched twice (or give
             ``{name: searches}``); ``convert(transforms=...)`` overrides them.
-        transform_generations: generations of each transformed search (None: ``generations``).
+        transform_generations: generations of each transformed search and of each part of a
+            decomposed output (None: ``generations``).
             Their vocabulary is small: on five relativistic and Gaussian laws of the benchmark,
             4 seeds each, searches of 75 generations found the law 12 times in 20 and searches
             of 150 generations 14 times, in twice the time; two short searches cost what one
@@ -270,6 +271,16 @@ class Operon:
         vocabulary narrowed to the transform's operators (see :meth:`with_operators`) and
         ``transform_generations`` generations."""
         engine = self.with_operators(transform.operators)
+        if self.transform_generations is not None:
+            engine.generations = self.transform_generations
+        return engine
+
+    def for_part(self) -> "Operon":
+        """This engine as it searches a part of an output's decomposition (a law of fewer
+        inputs, ``search.decompose``): ``transform_generations`` generations."""
+        import copy
+
+        engine = copy.copy(self)
         if self.transform_generations is not None:
             engine.generations = self.transform_generations
         return engine

@@ -9,7 +9,12 @@ Rules (``selection=`` in ``convert``/``compile``, or ``sym.select``):
   or by a loss ratio of ``AUTO_GAIN`` or more whatever the added length (a law that needs many
   nodes spreads its gain thinly; fitting a network's error never buys a factor of 1000).
   When the network's error is known (``noise=``, or ``labels=`` in ``compile``), it takes the
-  highest score among equations with loss <= max(1.5 x best, 2 x noise) instead;
+  highest score among equations with loss <= max(1.5 x best, 2 x noise) instead. When it is
+  only estimated (``front.info["network_error_estimate"]``, from the decomposition's tests),
+  ``auto`` never returns an equation ``NEAR_BEST`` times worse than the best on the front while
+  the best is within ``NEAR_NETWORK`` times that estimate: it chooses among the equations
+  within ``NEAR_BEST`` of the best instead. Either way, a front whose best equation is far from
+  the network's error is said in a warning;
 * ``"best"`` -- PySR's rule: the highest score ``-dlog(loss)/dcomplexity`` among equations whose
   loss is at most 1.5x the best loss on the front;
 * ``"accuracy"`` -- the lowest loss;
@@ -37,6 +42,12 @@ RULES = ("auto", "best", "accuracy", "score")
 AUTO_RATE = 0.5
 #: a loss ratio that counts as a real improvement for ``"auto"`` whatever the added length
 AUTO_GAIN = 1000.0
+#: ``auto`` with an estimate of the network's error: never an equation this many times worse
+#: than the best on the front, when the best is within ``NEAR_NETWORK`` of the estimate
+NEAR_BEST = 10.0
+NEAR_NETWORK = 10.0
+#: a best loss this many times the network's error (given or estimated) is said in a warning
+FAR_FROM_NETWORK = 100.0
 
 
 def _gain(a: Equation, b: Equation) -> float:
@@ -51,24 +62,30 @@ def _improves(a: Equation, b: Equation) -> bool:
             or gain >= math.log(AUTO_GAIN))
 
 
-def _auto(front: Sequence[Equation], idx: list[int], noise: float | None) -> int:
+def _auto(front: Sequence[Equation], idx: list[int], noise: float | None,
+          estimate: float | None = None) -> int:
     if noise is not None and noise > 0:
         sc = scores(front)
         best = min(front[i].loss for i in idx)
         ok = [i for i in idx if front[i].loss <= max(1.5 * best, 2.0 * noise)] or idx
         return max(ok, key=lambda i: (sc[i], -i))
+    if estimate is not None and estimate > 0:
+        best = min(front[i].loss for i in idx)
+        if best <= NEAR_NETWORK * estimate:
+            idx = [i for i in idx if front[i].loss <= NEAR_BEST * best]
     for i in idx:
         if not any(_improves(front[i], front[j]) for j in idx if j > i):
             return i
     return idx[-1]
 
 
-def _pick(front: Sequence[Equation], rule, allowed: list[bool], noise: float | None = None) -> int:
+def _pick(front: Sequence[Equation], rule, allowed: list[bool], noise: float | None = None,
+          estimate: float | None = None) -> int:
     idx = [i for i, ok in enumerate(allowed) if ok]
     if not idx:
         raise SymTorchFXError("no equation on the front evaluates to finite values")
     if rule == "auto":
-        return _auto(front, idx, noise)
+        return _auto(front, idx, noise, estimate)
     if rule == "accuracy":
         return min(idx, key=lambda i: front[i].loss)
     sc = scores(front)
@@ -126,15 +143,27 @@ def per_output(rule, n: int) -> list:
     return [rule] * n
 
 
-def apply(front: ParetoFront, rule, noise: float | None = None) -> None:
+def apply(front: ParetoFront, rule, noise: float | None = None, warn_far: bool = True) -> None:
     """Choose on ``front`` by ``rule``, warning when a non-finite equation had to be skipped.
 
     ``noise``: the network's error (MSE) on this output, when known; used by ``"auto"``.
+    ``warn_far``: warn when the best equation is far from that error (not for a floor that is
+    only float rounding, as SLIME's).
     """
     if noise is None:
         noise = front.info.get("noise")
-    unrestricted = _pick(front.equations, rule, [True] * len(front), noise)
-    chosen = _pick(front.equations, rule, [e.finite for e in front], noise)
+    estimate = front.info.get("network_error_estimate")
+    unrestricted = _pick(front.equations, rule, [True] * len(front), noise, estimate)
+    chosen = _pick(front.equations, rule, [e.finite for e in front], noise, estimate)
+    reference = noise if noise else estimate
+    finite = [e.loss for e in front if e.finite]
+    if warn_far and reference and finite and min(finite) > FAR_FROM_NETWORK * reference:
+        warnings.warn(
+            f"{front.region} / {front.output}: the best equation found has loss "
+            f"{min(finite):.3g}, {min(finite) / reference:.0f} times the network's error "
+            f"({'given' if noise else 'estimated'}: {reference:.3g}); the front holds nothing "
+            "near what the network computes. Search longer (Operon(generations=...), more "
+            "restarts) or with other operators", stacklevel=3)
     if chosen != unrestricted:
         bad = front[unrestricted]
         warnings.warn(

@@ -1,0 +1,313 @@
+"""The network as an oracle: split a law of many variables into laws of few (AI Feynman's
+separability tests, on the trained target itself).
+
+A search on raw rows of 4-9 variables often settles for a look-alike. But we distil a network,
+which can be asked for its output anywhere. If ``f(a, b) = g(a) + h(b)`` then for any two rows
+``f(a1, b1) + f(a2, b2) - f(a1, b2) - f(a2, b1) = 0``; if ``f = g(a) h(b)``, then
+``f(a1, b1) f(a2, b2) - f(a1, b2) f(a2, b1) = 0``. :func:`plan` tests every split of the
+inputs on random pairs of recorded rows, takes the one that holds best (within ``tol`` of the
+output's spread), and recurses into each part while the parts still split. A part that does not
+vary at all is a constant: its inputs are irrelevant to that part and are not searched.
+
+The two parts may share inputs ``c`` (``f = g(a, c) + h(b, c)``: the law
+``sin(1.3 x0 + x1) exp(-x2^2/2) + x0 x3`` is such a sum, over ``{x0, x1, x2}`` and
+``{x0, x3}``); the tests then pair rows with the same ``c``. Each part is a function of its own
+inputs, with every other input held at an anchor row ``x*``: for a sum,
+``g(a, c) = f(a, b*, c)`` and ``h(b, c) = f(a*, b, c) - f(a*, b*, c)``; for a product,
+``g(a, c) = f(a, b*, c)`` and ``h(b, c) = f(a*, b, c) / f(a*, b*, c)``. Their sum (product) is
+``f`` wherever ``f`` separates. A part's values come from its parent's (:meth:`Part.values`),
+so a leaf's rows cost a few batched calls of the oracle. Each leaf is
+searched on its own (fewer variables, shorter forms) by the same jobs as any search, and the
+leaves' equations are put back together (:func:`compose`) into candidates that join the
+output's front and are scored against the network like every other equation.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: splits tested per node at most
+MAX_SPLITS = 2048
+#: pairs of rows per separability test
+PAIRS = 256
+#: a part whose values spread less than this (relative to the output's) is a constant
+CONSTANT = 1e-3
+#: inputs two parts may share: at most this many (and never all but one)
+MAX_SHARED = 1
+
+
+@dataclass
+class Part:
+    """A node of a decomposition over inputs ``inputs``: ``left op right`` when it splits
+    (``op``: ``"+"`` or ``"*"``), a leaf otherwise; ``constant`` (its value) when it does not
+    vary. ``side`` says which child of ``parent`` it is and ``other`` the inputs of the
+    parent's other child that it does not share (held at the anchor)."""
+
+    inputs: tuple[int, ...]
+    oracle: Callable[[np.ndarray], np.ndarray] | None = None
+    anchor: np.ndarray | None = None
+    parent: Part | None = None
+    side: str = ""
+    other: tuple[int, ...] = ()
+    op: str | None = None
+    children: list[Part] = field(default_factory=list)
+    constant: float | None = None
+    #: a product with an offset: ``shift + left * right`` (a part of a sum keeps the constant
+    #: of the other side; the test finds it, as the value that makes the product separate)
+    shift: float = 0.0
+    #: the RMS of the accepted split's test (in the output's units): four evaluations of the
+    #: network, so about twice its error where the law separates exactly
+    residual: float | None = None
+
+    def values(self, rows: np.ndarray) -> np.ndarray:
+        """The part on full-width ``rows`` (only its own inputs are read)."""
+        if self.parent is None:
+            return self.oracle(rows)
+        p, anchor = self.parent, self.parent_anchor
+        held = rows.copy()
+        held[:, list(self.other)] = anchor[list(self.other)]
+        v = p.values(held)
+        if p.op == "*":
+            v = v - p.shift
+        if self.side == "left":
+            return v
+        base = held.copy()
+        mine = [i for i in self.inputs if i not in p.children[0].inputs]
+        base[:, mine] = anchor[mine]
+        v0 = p.values(base)
+        return v - v0 if p.op == "+" else v / (v0 - p.shift)
+
+    @property
+    def parent_anchor(self) -> np.ndarray:
+        node = self
+        while node.parent is not None:
+            node = node.parent
+        return node.anchor
+
+    def leaves(self) -> list[Part]:
+        if self.constant is not None:
+            return []
+        if not self.children:
+            return [self]
+        return [leaf for c in self.children for leaf in c.leaves()]
+
+    def describe(self, names: list[str]) -> str:
+        if self.constant is not None:
+            return f"{self.constant:.4g}"
+        if not self.children:
+            return "f(" + ", ".join(names[i] for i in self.inputs) + ")"
+        unit = 0.0 if self.op == "+" else 1.0  # a part the output ignores: left out
+        kept = [c for c in self.children
+                if c.constant is None or abs(c.constant - unit) > 1e-9 * (1 + abs(unit))]
+        shift = " + c" if self.op == "*" and self.shift else ""
+        if len(kept) == 1:
+            return kept[0].describe(names) + shift
+        a, b = (c.describe(names) for c in kept)
+        return f"({a} {self.op} {b}{shift})"
+
+    @property
+    def splits(self) -> bool:
+        return bool(self.children)
+
+
+def _splits(inputs: tuple[int, ...]):
+    """Splits of ``inputs`` into (A, B, C): A and B non-empty, C shared (at most
+    ``MAX_SHARED``), fewest shared first; A holds the first input not in C."""
+    count = 0
+    for n_shared in range(0, MAX_SHARED + 1):
+        if len(inputs) - n_shared < 2:
+            break
+        for C in itertools.combinations(inputs, n_shared):
+            rest = [i for i in inputs if i not in C]
+            for r in range(0, len(rest) - 1):
+                for extra in itertools.combinations(rest[1:], r):
+                    A = (rest[0], *extra)
+                    B = tuple(i for i in rest if i not in A)
+                    yield A, B, C
+                    count += 1
+                    if count >= MAX_SPLITS:
+                        return
+
+
+def queries(n_inputs: int) -> int:
+    """About how many rows :func:`plan` asks the oracle for, for ``n_inputs`` inputs (the tests
+    of the top split; the parts' tests and rows cost about as much again)."""
+    splits = sum(1 for _ in _splits(tuple(range(n_inputs))))
+    return 2 * 4 * PAIRS * splits
+
+
+def _residuals(part: Part, X, A, B, pairs) -> tuple[float, float, float]:
+    """Relative residuals of the additive and multiplicative tests of splitting ``part`` into
+    ``A`` and ``B`` (shared inputs from row ``i`` of each pair), and the product's offset.
+
+    A product with an offset ``k``, ``k + g(a) h(b)``, fails the plain product test by
+    ``k (f11 + f22 - f12 - f21)``: the test is linear in ``k``, which is fitted by least
+    squares (and kept only when it is needed)."""
+    i, j = pairs
+    n = len(i)
+    rows = np.tile(X[i], (4, 1)).reshape(4, n, -1)
+    a, b = list(A), list(B)
+    # (a_i, b_i), (a_j, b_j), (a_i, b_j), (a_j, b_i); c_i throughout
+    rows[1][:, a] = X[j][:, a]
+    rows[1][:, b] = X[j][:, b]
+    rows[2][:, b] = X[j][:, b]
+    rows[3][:, a] = X[j][:, a]
+    v = part.values(rows.reshape(4 * n, -1))
+    f11, f22, f12, f21 = v[:n], v[n:2 * n], v[2 * n:3 * n], v[3 * n:]
+    if not np.all(np.isfinite(v)):
+        return np.inf, np.inf, 0.0
+    spread = np.std(np.concatenate([f11, f22])) or 1.0
+    S = f11 + f22 - f12 - f21
+    D = f11 * f22 - f12 * f21
+    add = np.sqrt(np.mean(S**2)) / spread
+    both = np.concatenate([f11, f22])
+
+    def product(k: float) -> float:
+        # in units of (size of f - k) x (spread of f): a large k gains nothing by itself
+        size = np.sqrt(np.mean((both - k) ** 2)) or 1.0
+        return float(np.sqrt(np.mean((D - k * S) ** 2)) / (size * spread))
+
+    mul, shift = product(0.0), 0.0
+    if np.mean(S**2) > 0:
+        k = float(np.sum(D * S) / np.sum(S * S))
+        if product(k) < 0.5 * mul:
+            mul, shift = product(k), k
+    return float(add), float(mul), shift
+
+
+def plan(oracle: Callable[[np.ndarray], np.ndarray], X: np.ndarray, tol: float = 0.02,
+         seed: int = 0, max_depth: int = 4) -> Part:
+    """The decomposition of ``oracle`` (rows of every input -> one output) over the recorded
+    rows ``X``: a tree of :class:`Part` (a single leaf when nothing splits)."""
+    rng = np.random.default_rng(seed)
+    X = np.asarray(X, np.float64)
+    root = Part(tuple(range(X.shape[1])), oracle=oracle, anchor=np.median(X, axis=0))
+    spread = float(np.std(oracle(X[: min(len(X), 1024)]))) or 1.0
+    _split(X, root, tol, rng, max_depth, spread)
+    return root
+
+
+def _split(X, part: Part, tol, rng, depth, spread) -> None:
+    sample = X[: min(len(X), 512)]
+    vals = part.values(sample)
+    if not np.all(np.isfinite(vals)):
+        return
+    if np.std(vals) < CONSTANT * spread:
+        part.constant = float(np.mean(vals))
+        return
+    if depth == 0 or len(part.inputs) < 2:
+        return
+    n = min(PAIRS, len(X))
+    pairs = (rng.integers(0, len(X), n), rng.integers(0, len(X), n))
+    best = None
+    for A, B, C in _splits(part.inputs):
+        if best is not None and len(C) > best[0]:
+            break  # a split that shares fewer inputs already holds
+        add, mul, shift = _residuals(part, X, A, B, pairs)
+        for op, r in (("+", add), ("*", mul)):
+            if r < tol and (best is None or (len(C), r) < best[:2]):
+                best = (len(C), r, op, A, B, C, shift if op == "*" else 0.0)
+    if best is None:
+        return
+    _, r, op, A, B, C, shift = best
+    part.residual = r * (float(np.std(vals)) if op == "+" else
+                         float(np.sqrt(np.mean(vals**2))))
+    left = Part(tuple(sorted(A + C)), parent=part, side="left", other=B)
+    right = Part(tuple(sorted(B + C)), parent=part, side="right", other=A)
+    part.op, part.children, part.shift = op, [left, right], shift
+    if op == "*":  # the right part divides by the parent at (a*, b*, c): never near 0
+        base = sample.copy()
+        base[:, list(A + B)] = part.parent_anchor[list(A + B)]
+        v0 = part.values(base) - shift
+        if not np.all(np.abs(v0) > 1e-3 * (np.abs(vals - shift).max() or 1.0)):
+            part.op, part.children, part.shift = None, [], 0.0
+            return
+    for c in part.children:
+        _split(X, c, tol, rng, depth - 1, spread)
+    if all(c.constant is not None for c in part.children):
+        a, b = (c.constant for c in part.children)
+        part.constant = float(a + b if op == "+" else shift + a * b)
+        part.op, part.children, part.shift = None, [], 0.0
+
+
+def ignored(root: Part) -> list[int]:
+    """The inputs no part of the decomposition depends on (the output ignores them)."""
+    used = {i for leaf in root.leaves() for i in leaf.inputs}
+    return [i for i in root.inputs if i not in used]
+
+
+def network_error(root: Part) -> float | None:
+    """An estimate of the network's error (MSE) from the top split's test, or None: each term
+    of the test is the law plus the network's error, so its RMS is about twice that error."""
+    if root.residual is None or not root.splits:
+        return None
+    return (root.residual / 2) ** 2
+
+
+def leaf_rows(X: np.ndarray, leaf: Part) -> tuple[np.ndarray, np.ndarray]:
+    """The rows a leaf is searched on: its inputs' recorded values, and its values there."""
+    X = np.asarray(X, np.float64)
+    return X[:, list(leaf.inputs)], leaf.values(X)
+
+
+def compose(part: Part, texts: dict[int, str]) -> str | None:
+    """The equation of ``part`` from its leaves' equations (``texts``: ``id(leaf)`` -> text
+    over the leaf's own variables); None when a leaf has none."""
+    if part.constant is not None:
+        return repr(part.constant)
+    if not part.children:
+        return texts.get(id(part))
+    a, b = (compose(c, texts) for c in part.children)
+    if a is None or b is None:
+        return None
+    if part.op == "*" and part.shift:
+        return f"({part.shift!r}) + ({a}) * ({b})"
+    return f"({a}) {part.op} ({b})"
+
+
+#: the largest degree of the polynomials fitted to a part, and the most inputs it may have
+POLY_DEGREE = 3
+POLY_INPUTS = 2
+
+
+def polynomial_candidates(X: np.ndarray, y: np.ndarray, names: list[str]) -> list[str]:
+    """Sparse polynomials fitted to a part of few inputs (AI Feynman's first try), as text: the
+    least-squares fit of every monomial up to ``POLY_DEGREE``, then the fits with the weakest
+    monomial dropped, one at a time, down to a constant. A search of one variable can settle for
+    ``1161 - 1161 cos(0.0415 x)`` where the part is ``x^2``; the fit finds ``x^2`` at once, and
+    the front keeps whichever is better."""
+    X = np.asarray(X, np.float64)
+    y = np.asarray(y, np.float64)
+    if X.shape[1] > POLY_INPUTS or len(y) < 20:
+        return []
+    powers = [p for p in itertools.product(range(POLY_DEGREE + 1), repeat=X.shape[1])
+              if 0 < sum(p) <= POLY_DEGREE]
+    cols = [np.prod([X[:, i] ** k for i, k in enumerate(p)], axis=0) for p in powers]
+    keep = list(range(len(powers)))
+    out = []
+    while True:
+        A = np.column_stack([np.ones(len(y))] + [cols[k] for k in keep])
+        coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+        if not np.all(np.isfinite(coef)):
+            break
+        terms = [repr(float(coef[0]))]
+        for c, k in zip(coef[1:], keep):
+            mono = "*".join(f"{names[i]}^{e}" if e > 1 else names[i]
+                            for i, e in enumerate(powers[k]) if e)
+            terms.append(f"({float(c)!r})*{mono}")
+        out.append(" + ".join(terms))
+        if not keep:
+            break
+        # drop the monomial whose removal costs least
+        costs = []
+        for k in keep:
+            rest = [j for j in keep if j != k]
+            B = np.column_stack([np.ones(len(y))] + [cols[j] for j in rest])
+            c, *_ = np.linalg.lstsq(B, y, rcond=None)
+            costs.append(float(np.mean((B @ c - y) ** 2)))
+        keep.remove(keep[int(np.argmin(costs))])
+    return out

@@ -1,0 +1,182 @@
+"""The network as an oracle (issue 19): separability tests on the target itself, the parts
+searched on their own, and their composition on the front. The oracles here are exact
+functions or small trained networks; the engine is the real one at small budgets."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import sympy
+import torch
+import torch.nn as nn
+from conftest import equivalent, fast_engine, mlp, train
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import symtorch_fx as sfx
+from symtorch_fx.search import decompose as d
+
+NAMES = [f"x{i}" for i in range(6)]
+X6 = np.random.default_rng(0).uniform(-2, 2, (1500, 6))
+
+
+def _shape(part: d.Part) -> str:
+    return part.describe(NAMES)
+
+
+def test_sums_and_products_split_and_compose_back():
+    f = lambda x: x[:, 0] * x[:, 1] + np.cos(x[:, 2]) * np.exp(0.5 * x[:, 3])  # noqa: E731
+    tree = d.plan(f, X6[:, :4])
+    assert _shape(tree) == "((f(x0) * f(x1) + c) + (f(x2) * f(x3) + c))"
+    # the leaves' own functions, written exactly, compose to f everywhere
+    leaves = tree.leaves()
+    texts = {}
+    for leaf in leaves:
+        LX, Ly = d.leaf_rows(X6[:, :4], leaf)
+        assert LX.shape[1] == len(leaf.inputs)
+        # a leaf is its law up to an offset and a factor
+        law = {(0,): X6[:, 0], (1,): X6[:, 1], (2,): np.cos(X6[:, 2]),
+               (3,): np.exp(0.5 * X6[:, 3])}[leaf.inputs]
+        A = np.column_stack([law, np.ones(len(law))])
+        coef, *_ = np.linalg.lstsq(A, Ly, rcond=None)
+        assert np.allclose(A @ coef, Ly, atol=1e-9)
+        law_text = {(0,): "x0", (1,): "x1", (2,): "cos(x2)", (3,): "exp(0.5*x3)"}[leaf.inputs]
+        texts[id(leaf)] = f"{float(coef[0])!r}*({law_text}) + {float(coef[1])!r}"
+    # the leaves' equations compose to f
+    from symtorch_fx.expr.grammar import parse, variable
+    expr = parse(d.compose(tree, texts), {n: variable(n) for n in NAMES[:4]})
+    fn = sympy.lambdify([variable(n) for n in NAMES[:4]], expr, "numpy")
+    assert np.allclose(fn(*X6[:, :4].T), f(X6[:, :4]), atol=1e-8)
+
+
+def test_parts_may_share_an_input():
+    """sin(1.3 x0 + x1) exp(-x2^2/2) + x0 x3: a sum over {x0, x1, x2} and {x0, x3}."""
+    f = lambda x: (np.sin(1.3 * x[:, 0] + x[:, 1]) * np.exp(-x[:, 2] ** 2 / 2)  # noqa: E731
+                   + x[:, 0] * x[:, 3] - 0.7)
+    assert _shape(d.plan(f, X6[:, :4])) == "(f(x0, x1, x2) + f(x0, x3))"
+
+
+@pytest.mark.parametrize("f", [
+    lambda x: np.sin(x[:, 0] * x[:, 1] + x[:, 2]),
+    lambda x: x[:, 0] / (1 + x[:, 1] ** 2 + x[:, 2] ** 2 * x[:, 0] ** 2),
+    lambda x: np.sqrt(x[:, 0] ** 2 + x[:, 1] ** 2 + x[:, 2] ** 2 - 2 * x[:, 0] * x[:, 1]),
+], ids=["sin", "rational", "cosine-law"])
+def test_laws_that_do_not_separate_are_left_whole(f):
+    tree = d.plan(f, X6[:, :3])
+    assert not tree.splits and d.network_error(tree) is None
+
+
+def test_an_input_the_output_ignores_is_a_constant_part():
+    f = lambda x: x[:, 0] * np.exp(x[:, 1])  # noqa: E731  (x2 is ignored)
+    tree = d.plan(f, X6[:, :3])
+    assert _shape(tree) == "(f(x0) * f(x1))"
+    assert d.ignored(tree) == [2]
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_any_sum_of_two_functions_of_disjoint_inputs_is_found(data):
+    """Random partitions of 5 inputs, random one-variable pieces: the top split is the sum."""
+    n = 5
+    left = data.draw(st.sets(st.integers(1, n - 1), min_size=1, max_size=n - 2))
+    A = tuple(sorted({0} | left))
+    B = tuple(i for i in range(n) if i not in A)
+    pieces = [np.sin, np.cos, np.tanh, lambda v: v**2, lambda v: np.exp(0.3 * v)]
+    ga = [data.draw(st.sampled_from(pieces)) for _ in A]
+    gb = [data.draw(st.sampled_from(pieces)) for _ in B]
+
+    def f(x):
+        return (np.prod([g(x[:, i]) + 1.5 for g, i in zip(ga, A)], axis=0)
+                + np.prod([g(x[:, i]) + 1.5 for g, i in zip(gb, B)], axis=0))
+
+    tree = d.plan(f, X6[:, :n])
+    assert tree.op == "+"
+    got = {c.inputs for c in tree.children}
+    assert got == {A, B}
+
+
+class Law4(nn.Module):
+    """x0 x1 + cos(x2) exp(x3/2) + x4^2: a sum of three parts of 2, 2 and 1 inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(5, 1)
+
+    def forward(self, x):
+        return (x[:, 0] * x[:, 1] + torch.cos(x[:, 2]) * torch.exp(0.5 * x[:, 3])
+                + x[:, 4] ** 2)[:, None]
+
+
+def test_a_law_only_the_decomposition_finds():
+    """With the same small budget, the plain search settles for a constant; the parts, each
+    searched alone, compose into the law."""
+    X = torch.as_tensor(X6[:, :5], dtype=torch.float32)
+    x = sympy.symbols("x0:5")
+    law = x[0] * x[1] + sympy.cos(x[2]) * sympy.exp(x[3] / 2) + x[4] ** 2
+    got = {}
+    for dec in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sym = sfx.compile(nn.Sequential(Law4()), ["0"], X, engine=fast_engine(),
+                              decompose=dec, executor="inline", progress=False)
+        got[dec] = sym.equations["0"][0]
+    assert not equivalent(got[False].equation.expr, law)
+    assert equivalent(got[True].equation.expr, law), got[True]
+    info = got[True].info
+    assert info["decomposition"] == "((f(x0, x1) + (f(x2) * f(x3) + c)) + f(x4))"
+    parts = [s for s in info["searches"] if "part" in s]
+    assert [p["variables"] for p in parts] == [["x0", "x1"], ["x2"], ["x3"], ["x4"]]
+
+
+def test_a_trained_network_is_its_own_oracle_and_estimates_its_error():
+    torch.manual_seed(0)
+    X = torch.rand(4096, 3) * 4 - 2
+    Y = (X[:, 0] * X[:, 1] + torch.sin(X[:, 2]))[:, None]
+    net = mlp(3, 1)
+    mse = train(net, X, Y, steps=1500)
+    net.eval()
+    sym = sfx.compile(nn.Sequential(net), ["0"], X[:2000], engine=fast_engine(),
+                      executor="inline", progress=False)
+    front = sym.equations["0"][0]
+    assert front.info["decomposition"] == "(f(x0, x1) + f(x2))"
+    est = front.info["network_error_estimate"]
+    assert mse / 30 < est < mse * 30  # the right order of magnitude, from the oracle alone
+
+
+def test_a_module_that_does_not_reproduce_its_recordings_is_not_an_oracle():
+    """A target that needs more than rows of features (here: a hidden state it updates) is
+    searched as usual, without a decomposition."""
+
+    class Stateful(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x):
+            self.calls += 1
+            return (x[:, :1] + x[:, 1:2] + self.calls)
+
+    X = torch.rand(300, 2)
+    sym = sfx.compile(nn.Sequential(Stateful()), ["0"], [X[:150], X[150:]],
+                      engine=fast_engine(), executor="inline", progress=False)
+    assert "decomposition" not in sym.equations["0"][0].info
+
+
+def test_a_slow_target_is_not_asked_the_decomposition_questions():
+    """A language model behind a callable answers slowly: its calls are not multiplied."""
+    import time
+
+    calls = []
+
+    def slow(x):
+        calls.append(len(x))
+        time.sleep(0.5)
+        return x[:, 0] * x[:, 1]
+
+    X = np.random.default_rng(0).uniform(-1, 1, (200, 2))
+    sym = sfx.compile(slow, sample_inputs=X, engine=fast_engine(), executor="inline",
+                      progress=False)
+    assert "decomposition" not in sym.equations["function"][0].info
+    assert len(calls) == 2  # the recording, and one timed call of 64 rows
