@@ -179,4 +179,4 @@ def test_a_slow_target_is_not_asked_the_decomposition_questions():
     sym = sfx.compile(slow, sample_inputs=X, engine=fast_engine(), executor="inline",
                       progress=False)
     assert "decomposition" not in sym.equations["function"][0].info
-    assert len(calls) == 2  # the recording, and one timed call of 64 rows
+    assert calls == [200, 64, 16]  # the recording, the check, one timed call of new rows
