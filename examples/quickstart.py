@@ -2,7 +2,7 @@
 
     python examples/quickstart.py
 
-Runs on the embedded Operon engine in well under a minute on 2 CPU cores.
+Runs on the embedded Operon engine in about 35 s on 2 CPU cores.
 """
 
 import time

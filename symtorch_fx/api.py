@@ -284,7 +284,7 @@ def convert(
         executor=executor, progress=progress,
         validation=validation, seed=seed, kernel=kernel, allow_wide=allow_wide,
         variable_names=variable_names, outputs=outputs, features=features,
-        oracles=_oracles(st) if decompose else None)
+        oracles=_oracles(st) if decompose else None, decompose=decompose)
     modes = {name: "symbolic" for name in results}
     try:
         sym = st.host.symbolic({k: r.module for k, r in results.items()}, modes)
@@ -350,8 +350,13 @@ def distill_recordings(
     outputs=None,
     features=None,
     oracles=None,
+    decompose: bool = True,
 ) -> dict[str, RegionResult]:
-    """Recordings -> fronts -> chosen equations -> SymbolicModules, per region."""
+    """Recordings -> fronts -> chosen equations -> SymbolicModules, per region. ``oracles``:
+    the targets' modules as functions of rows (see ``convert(decompose=)``); the torch.compile
+    backend has none, so its outputs are searched whole."""
+    if not decompose:
+        oracles = None
     from .search.operon import Operon
 
     engine = Operon() if engine is None else engine

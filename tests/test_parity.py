@@ -476,3 +476,32 @@ def test_labels_work_for_a_numpy_callable():
                       engine=Candidates(["x0*x1 + 0.1", "x0*x1"]), **QUICK)
     (front,) = sym.equations["function"]
     assert front.info["noise"] == pytest.approx(0.01)
+
+
+def test_outputs_through_the_torch_compile_backend(tmp_path):
+    """Record, distil outputs 0 and 2, and run them through torch.compile; the file it saves
+    loads onto the eager model with the same outputs."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = Host(False).eval()
+    X = torch.rand(400, 2) * 2 - 1
+    be = sfx.backend(targets=["block"], compiler="aot_eager", outputs=[0, 2],
+                     engine=Candidates(["1.5*x0*x1", "x0 + 0.75"]), selection="accuracy",
+                     **{k: v for k, v in QUICK.items()})
+    compiled = torch.compile(model, backend=be)
+    with torch.no_grad():
+        compiled(X)
+    eqs = be.distill()
+    assert [f.output for f in eqs["block"]] == ["y0", "y2"]
+    with torch.no_grad():
+        got = compiled(X)
+        inner = model.block(X)
+        cols = [1.5 * X[:, 0] * X[:, 1], inner[:, 1], X[:, 0] + 0.75, inner[:, 3]]
+        torch.testing.assert_close(got, model.head(torch.stack(cols, -1)))
+    path = tmp_path / "be.sfx"
+    be.save(path)
+    with torch.no_grad():
+        torch.testing.assert_close(sfx.load(path, model)(X), got)
+    torch._dynamo.reset()
