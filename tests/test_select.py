@@ -74,8 +74,10 @@ def test_auto_takes_a_large_loss_ratio_as_real_however_long(monkeypatch):
     f = front(SPREAD)
     _select.apply(f, "auto")
     assert f.equation.complexity == 35
-    # the rate alone would keep the constant: the AUTO_GAIN guard is what moves it
+    # the rate alone would keep the constant: the AUTO_GAIN guard is what moves it (with
+    # the variance guard off too: it would also move it)
     monkeypatch.setattr(_select, "AUTO_GAIN", float("inf"))
+    monkeypatch.setattr(_select, "EXPLAINED_BEST", 0.0)
     _select.apply(f, "auto")
     assert f.equation.complexity == 1
 
@@ -501,3 +503,17 @@ def test_a_law_reachable_through_its_scale_is_recovered():
     assert sympy.simplify(parse(found[0]["monomial"], {"x0": m, "x2": c}) - m * c**2) == 0
     assert any(is_law(e.expr) for e in front), [e.text() for e in front]
     assert is_law(front.equation.expr), front.equation.text()
+
+
+def test_auto_never_keeps_a_constant_next_to_an_equation_of_high_r2():
+    """I.29.16 in the benchmark: the front held equations of R^2 0.995, but each step towards
+    them gained too little per node for the rate rule, which kept the mean (issue 19)."""
+    from symtorch_fx.search.select import _pick
+
+    losses = [(1, 3.69), (6, 2.03), (8, 1.31), (13, 0.239), (22, 0.0369), (37, 0.0177)]
+    front = [Equation(sympy.Integer(c), c, loss, (), True) for c, loss in losses]
+    chosen = _pick(front, "auto", [True] * len(front))
+    assert front[chosen].loss <= 0.1 * 3.69
+    # with nothing that good on the front, the rate rule decides alone (here: the mean)
+    weak = [Equation(sympy.Integer(c), c, loss, (), True) for c, loss in losses[:3]]
+    assert _pick(weak, "auto", [True] * 3) == 0

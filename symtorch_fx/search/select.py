@@ -13,7 +13,9 @@ Rules (``selection=`` in ``convert``/``compile``, or ``sym.select``):
   only estimated (``front.info["network_error_estimate"]``, from the decomposition's tests),
   ``auto`` never returns an equation ``NEAR_BEST`` times worse than the best on the front while
   the best is within ``NEAR_NETWORK`` times that estimate: it chooses among the equations
-  within ``NEAR_BEST`` of the best instead. Either way, a front whose best equation is far from
+  within ``NEAR_BEST`` of the best instead. Without either, it never returns an equation that
+  leaves more than ``EXPLAINED_CHOSEN`` of the output's variance unexplained when the front
+  holds one that leaves at most ``EXPLAINED_BEST``. Either way, a front whose best equation is far from
   the network's error is said in a warning;
 * ``"best"`` -- PySR's rule: the highest score ``-dlog(loss)/dcomplexity`` among equations whose
   loss is at most 1.5x the best loss on the front;
@@ -46,6 +48,12 @@ AUTO_GAIN = 1000.0
 #: than the best on the front, when the best is within ``NEAR_NETWORK`` of the estimate
 NEAR_BEST = 10.0
 NEAR_NETWORK = 10.0
+#: ``auto`` never returns an equation that leaves more than ``EXPLAINED_CHOSEN`` of the
+#: variance unexplained when the front holds one that leaves at most ``EXPLAINED_BEST``
+#: (a constant next to an equation of R^2 0.995: the rate rule alone can take it, when the
+#: better equations are long)
+EXPLAINED_BEST = 0.01
+EXPLAINED_CHOSEN = 0.1
 #: a best loss this many times the network's error (given or estimated) is said in a warning
 FAR_FROM_NETWORK = 100.0
 
@@ -69,10 +77,13 @@ def _auto(front: Sequence[Equation], idx: list[int], noise: float | None,
         best = min(front[i].loss for i in idx)
         ok = [i for i in idx if front[i].loss <= max(1.5 * best, 2.0 * noise)] or idx
         return max(ok, key=lambda i: (sc[i], -i))
-    if estimate is not None and estimate > 0:
-        best = min(front[i].loss for i in idx)
-        if best <= NEAR_NETWORK * estimate:
-            idx = [i for i in idx if front[i].loss <= NEAR_BEST * best]
+    best = min(front[i].loss for i in idx)
+    if estimate is not None and estimate > 0 and best <= NEAR_NETWORK * estimate:
+        idx = [i for i in idx if front[i].loss <= NEAR_BEST * best]
+    # the simplest equation (the mean) has the largest loss: the output's variance, about
+    worst = max(front[i].loss for i in idx)
+    if worst > 0 and best <= EXPLAINED_BEST * worst:
+        idx = [i for i in idx if front[i].loss <= EXPLAINED_CHOSEN * worst]
     for i in idx:
         if not any(_improves(front[i], front[j]) for j in idx if j > i):
             return i
