@@ -335,19 +335,24 @@ def _check_load(doc, tmp_path):
     assert torch.allclose(y.reshape(want.shape).float(), want, rtol=1e-4, atol=1e-4)
 
 
-def _mutate_and_load(saved_doc, tmp_path, data) -> None:
-    """Replace or delete one to three fields of a saved document, anywhere, then load it."""
-    doc = copy.deepcopy(saved_doc)
+def _mutate(node, data, allowed=lambda path: True) -> None:
+    """Replace or delete one to three fields of ``node`` (in place), at paths ``allowed``."""
     for _ in range(data.draw(st.integers(1, 3))):
-        paths = [p for p in _paths(doc) if p]
+        paths = [p for p in _paths(node) if p and allowed(p)]
         path = data.draw(st.sampled_from(paths))
-        parent = doc
+        parent = node
         for k in path[:-1]:
             parent = parent[k]
         if data.draw(st.booleans()) and isinstance(parent, dict):
             del parent[path[-1]]
         else:
             parent[path[-1]] = data.draw(_JSON)
+
+
+def _mutate_and_load(saved_doc, tmp_path, data) -> None:
+    """Replace or delete one to three fields of a saved document, anywhere, then load it."""
+    doc = copy.deepcopy(saved_doc)
+    _mutate(doc, data)
     _check_load(doc, tmp_path)
 
 
@@ -406,18 +411,8 @@ def test_fuzz_documents_with_features_and_some_outputs(featured_doc, tmp_path, d
     """The fields of derived features and distilled outputs, mutated: a load is refused with
     the file named, or computes finite outputs of the right shape, in bounded time."""
     doc = copy.deepcopy(featured_doc)
-    region = doc["regions"][0]
-    for _ in range(data.draw(st.integers(1, 3))):
-        paths = [p for p in _paths(region) if p and p[0] in (
-            "features", "inputs", "distilled_outputs", "variables", "fronts", "layout")]
-        path = data.draw(st.sampled_from(paths))
-        parent = region
-        for k in path[:-1]:
-            parent = parent[k]
-        if data.draw(st.booleans()) and isinstance(parent, dict):
-            del parent[path[-1]]
-        else:
-            parent[path[-1]] = data.draw(_JSON)
+    _mutate(doc["regions"][0], data, lambda path: path[0] in (
+        "features", "inputs", "distilled_outputs", "variables", "fronts", "layout"))
     p = tmp_path / "m.sfx"
     p.write_text(json.dumps(doc))
     model = nn.Sequential(TwoOut())
