@@ -325,7 +325,8 @@ def job_records(front) -> list[dict]:
     return [{"transform": s["transform"], "restart": i, "seed": s["seed"],
              "seconds": s["seconds"], "monomial": s["monomial"], "texts": s["equations"],
              "pruned": s["pruned"],
-             "on_front": s["on_front"]}
+             "on_front": s["on_front"], "part": s.get("part"),
+             "variables": s.get("variables")}
             for i, s in enumerate(front.info["searches"])]
 
 
@@ -368,6 +369,8 @@ def run_law(law, index: int, args, engine_kw: dict) -> dict:
         "net": info, "seconds": seconds, "cpu_seconds": cpu, "load": load,
         "restarts": args.restarts, "seed": args.seed, "prune": not args.no_prune,
         "front": _front_record(front), "jobs": job_records(front),
+        "decomposition": front.info.get("decomposition"),
+        "composed": front.info.get("composed", []),
     }
     return judge(rec, law)
 
@@ -408,8 +411,10 @@ def ablate(rec: dict, law, variants) -> dict[str, dict]:
         seen[job["transform"]] = job["repeat"] + 1
     judged = {}
     for variant in variants:
-        texts = []
+        texts = list(rec.get("composed") or [])  # the decomposition's candidates
         for job in rec["jobs"]:
+            if job.get("part") is not None:
+                continue  # a part's equations are over its own inputs: composed, not used
             keep, pruned = ABLATIONS[variant](job)
             if keep:
                 texts += job["texts"] + (job["pruned"] if pruned else [])

@@ -449,19 +449,31 @@ def distill_recordings(
                 asks.append((ri, region, k, oracle, X, Y, train, val, names, index))
 
     _check_width(jobs, allow_wide)
+    searched = run_jobs(engine, jobs, executor=executor, progress=progress)
+    # the decomposition, for the outputs whose own searches stayed far from the network
+    parts: list[Job] = []
     for ri, region, k, oracle, X, Y, train, val, names, index in asks:
         floor = _noise_for(noise, region.name, Y.shape[1], index)[k]
         plan = _decompose(oracle, k, X, Y[:, k], train, floor, _job_seed(seed, ri, k, 0))
         if plan is None:
             continue
         plans[(region.name, k)] = plan
+        found = [c.loss for j, s in zip(jobs, searched)
+                 if (j.region, j.output) == (region.name, k) for c in (s.scored or [])]
+        reach = max(decomposition.network_error(plan[0]) or 0.0,
+                    DECOMPOSE_FLOOR * float(np.var(Y[train, k])))
+        if found and min(found) <= DECOMPOSE_NEAR * reach:
+            plan[0].skipped = True  # the output's own searches reached the network
+            continue
         first = restarts + len(transforms)
         for li, (leaf, LX, Ly) in enumerate(plan[1]):
             r = first + li
-            jobs.append(Job(region.name, k, r, LX[train], Ly[train],
-                            [names[i] for i in leaf.inputs], seed=_job_seed(seed, ri, k, r),
-                            prune=prune, holdout=(LX[val], Ly[val]), part=li))
-    searched = run_jobs(engine, jobs, executor=executor, progress=progress)
+            parts.append(Job(region.name, k, r, LX[train], Ly[train],
+                             [names[i] for i in leaf.inputs], seed=_job_seed(seed, ri, k, r),
+                             prune=prune, holdout=(LX[val], Ly[val]), part=li))
+    if parts:
+        searched = searched + run_jobs(engine, parts, executor=executor, progress=progress)
+        jobs = jobs + parts
     try:
         return _results_of(regions, recorders, data, jobs, searched, engine, selection, noise,
                            kernel, plans)
@@ -488,14 +500,17 @@ def _results_of(regions, recorders, data, jobs, searched, engine, selection, noi
             runs = by_output[(region.name, k)]
             whole = [(j, s) for j, s in runs if j.part is None]
             plan = (plans or {}).get((region.name, k))
-            composed = [] if plan is None else _composed(plan, runs, X, Y[:, k], train, val,
+            searched_parts = plan is not None and not plan[0].skipped
+            composed = [] if not searched_parts else _composed(plan, runs, X, Y[:, k], train, val,
                                                          names, symbols, runs[0][0].prune)
             front = front_of_scored([c for _, s in whole for c in s.scored] + composed,
                                     symbols, Y[train, k], Y[val, k],
                                     [b for _, s in whole for b in s.bad_syntax])
             info = {"searches": search_records(runs, front)}
             if plan is not None:
-                info["decomposition"] = plan[0].describe(list(names))
+                info["decomposition"] = plan[0].describe(list(names)) + (
+                    "" if searched_parts else " (parts not searched: the output's own "
+                    "searches reached the network)")
                 info["composed"] = [c.text for c in composed]
                 unused = decomposition.ignored(plan[0])
                 if unused:
@@ -564,6 +579,11 @@ def _oracle(module: nn.Module, rec: Recorder):
     return f
 
 
+#: the decomposition's parts are searched only for outputs whose own searches found nothing
+#: within ``DECOMPOSE_NEAR`` times the network's estimated error (or ``DECOMPOSE_FLOOR`` of the
+#: output's variance, for a target that is exactly a law): a second round, when it is needed
+DECOMPOSE_NEAR = 10.0
+DECOMPOSE_FLOOR = 1e-10
 #: outputs of one target that are decomposed (the first ones; a wide layer is distilled
 #: between components, see ``reduce``)
 MAX_DECOMPOSED_OUTPUTS = 8

@@ -59,6 +59,8 @@ class Part:
     #: a product with an offset: ``shift + left * right`` (a part of a sum keeps the constant
     #: of the other side; the test finds it, as the value that makes the product separate)
     shift: float = 0.0
+    #: (on the root) the parts were not searched: the output's own searches reached the network
+    skipped: bool = False
     #: the RMS of the accepted split's test (in the output's units): four evaluations of the
     #: network, so about twice its error where the law separates exactly
     residual: float | None = None
