@@ -45,7 +45,7 @@ from .search.distill import (
 )
 from .search.engine import default_restarts, default_transforms
 from .search.prune import prune_candidates
-from .search.transforms import TRANSFORMS, check_transforms
+from .search.transforms import IDENTITY, TRANSFORMS, check_transforms
 from .serialize import write
 
 
@@ -465,12 +465,19 @@ def distill_recordings(
         if found and min(found) <= DECOMPOSE_NEAR * reach:
             plan[0].skipped = True  # the output's own searches reached the network
             continue
-        first = restarts + len(transforms)
+        r = restarts + len(transforms)
         for li, (leaf, LX, Ly) in enumerate(plan[1]):
-            r = first + li
-            parts.append(Job(region.name, k, r, LX[train], Ly[train],
-                             [names[i] for i in leaf.inputs], seed=_job_seed(seed, ri, k, r),
-                             prune=prune, holdout=(LX[val], Ly[val]), part=li))
+            # each part as it is, and through the output transforms that apply to it (a part
+            # exp(-m g x/(k T)) is a monomial after a log)
+            for name in (IDENTITY, *transforms):
+                t = TRANSFORMS[name]
+                if name != IDENTITY and not t.applies(Ly):
+                    continue
+                parts.append(Job(region.name, k, r, LX[train], Ly[train],
+                                 [names[i] for i in leaf.inputs], seed=_job_seed(seed, ri, k, r),
+                                 transform=name, sign=t.sign(Ly), prune=prune,
+                                 holdout=(LX[val], Ly[val]), part=li))
+                r += 1
     if parts:
         searched = searched + run_jobs(engine, parts, executor=executor, progress=progress)
         jobs = jobs + parts

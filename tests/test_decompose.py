@@ -185,3 +185,18 @@ def test_a_slow_target_is_not_asked_the_decomposition_questions():
                       progress=False)
     assert "decomposition" not in sym.equations["function"][0].info
     assert calls == [200, 64, 16]  # the recording, the check, one timed call of new rows
+
+
+def test_parts_are_also_searched_through_the_output_transforms():
+    """A part such as exp(-m g x/(k T)) is a monomial after a log: in the second round each
+    part gets the transforms that apply to it, as an output does."""
+    from conftest import Candidates
+
+    X = np.random.default_rng(0).uniform(1, 2, (400, 2))
+    sym = sfx.compile(lambda x: x[:, 0] * np.exp(x[:, 1]), sample_inputs=X,
+                      engine=Candidates(["x0"]), transforms=("log",), restarts=1,
+                      executor="inline", progress=False)
+    front = sym.equations["function"][0]
+    assert front.info["decomposition"] == "(f(x0) * f(x1))"  # searched: "x0" is far off
+    parts = [(s["part"], s["transform"]) for s in front.info["searches"] if "part" in s]
+    assert parts == [(0, "identity"), (0, "log"), (1, "identity"), (1, "log")]
