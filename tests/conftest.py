@@ -92,6 +92,20 @@ class ExactLaw(nn.Module):
         return (0.5 + 2 * x[..., 0] * x[..., 1]).unsqueeze(-1)
 
 
+class PartlyLaw(nn.Module):
+    """``n_outputs`` outputs (3 or more): output 0 is ``x0*x1`` and output 2 is ``x0 + 0.5``
+    exactly; the others come from a trainable layer (for distilling some outputs only)."""
+
+    def __init__(self, n_outputs: int = 4):
+        super().__init__()
+        self.lin = nn.Linear(2, n_outputs)
+
+    def forward(self, x):
+        cols = list(torch.tanh(self.lin(x)).unbind(-1))
+        cols[0], cols[2] = x[:, 0] * x[:, 1], x[:, 0] + 0.5
+        return torch.stack(cols, -1)
+
+
 def round_constants(expr: sympy.Expr, digits: int = 1) -> sympy.Expr:
     return expr.xreplace({f: sympy.Float(round(float(f), digits)) for f in expr.atoms(sympy.Float)})
 

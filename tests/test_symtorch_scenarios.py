@@ -21,7 +21,7 @@ import pytest
 import sympy
 import torch
 import torch.nn as nn
-from conftest import equivalent, fast_engine
+from conftest import PartlyLaw, equivalent, fast_engine
 
 import symtorch_fx as sfx
 
@@ -391,16 +391,9 @@ def test_llm_maths_demo_a_callable_of_integers():
 # distilling some output dimensions only
 
 
-class Block(nn.Module):
+def Block():  # noqa: N802 - a model class, as the tests read it
     """Three outputs: 0 and 2 are exact laws, 1 comes from a trainable layer."""
-
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(2, 3)
-
-    def forward(self, x):
-        h = torch.tanh(self.lin(x))
-        return torch.stack([x[:, 0] * x[:, 1], h[:, 1], x[:, 0] + 0.5], -1)
+    return PartlyLaw(3)
 
 
 class Parent(nn.Module):
