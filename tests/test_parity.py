@@ -498,3 +498,9 @@ def test_outputs_through_the_torch_compile_backend(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(sfx.load(path, model)(X), got)
     torch._dynamo.reset()
+
+
+def test_pysr_options_given_to_operon_point_at_pysr():
+    for key in ("complexity_of_operators", "niterations", "binary_operators"):
+        with pytest.raises(sfx.SymTorchFXError, match="sfx.PySR"):
+            sfx.Operon(**{key: 1}).check()

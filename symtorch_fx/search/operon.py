@@ -122,6 +122,17 @@ _SET_PER_SEARCH = {"random_state": "the searches are seeded by convert(seed=) / 
                    "objectives": "Operon(...) searches r2 and length, which the fronts need"}
 
 
+#: PySR options SymTorch users pass (``sr_params``): named in the error, with ``sfx.PySR``
+_PYSR_OPTIONS = frozenset({
+    "binary_operators", "unary_operators", "niterations", "populations",
+    "maxsize", "maxdepth", "complexity_of_operators", "complexity_of_constants",
+    "complexity_of_variables", "constraints", "nested_constraints", "parsimony",
+    "elementwise_loss", "loss_function", "batching", "batch_size", "model_selection",
+    "extra_sympy_mappings", "timeout_in_seconds", "procs", "turbo", "precision",
+    "select_k_features", "denoise", "weight_optimize", "adaptive_parsimony_scaling",
+})
+
+
 def check_extra_options(kwargs: dict, regressor) -> None:
     """Refuse extra ``Operon(**kwargs)`` that pyoperon's regressor does not take, or that each
     search sets itself, naming what to do instead."""
@@ -135,8 +146,9 @@ def check_extra_options(kwargs: dict, regressor) -> None:
         if key in _SET_PER_SEARCH:
             raise SymTorchFXError(f"Operon({key}=...): {_SET_PER_SEARCH[key]}")
         if key not in params:
-            hint = " (searches are seeded by convert(seed=) / compile(seed=))" \
-                if key == "seed" else ""
+            hint = (" (searches are seeded by convert(seed=) / compile(seed=))" if key == "seed"
+                    else f" ({key!r} is a PySR option: search with sfx.PySR(...) for it)"
+                    if key in _PYSR_OPTIONS else "")
             raise SymTorchFXError(
                 f"Operon({key}=...): pyoperon's SymbolicRegressor takes no option {key!r}{hint}; "
                 f"its options: {', '.join(sorted(params))}")
