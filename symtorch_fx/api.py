@@ -24,9 +24,15 @@ from .errors import (
 from .expr.equations import ParetoFront
 from .expr.grammar import check_variable_names, reserved, to_text, variable
 from .function import FUNCTION_TARGET, FunctionModel, as_model
-from .graph.instrument import Recorder
+from .graph.instrument import Recorder, modes_kept
 from .graph.match import Region, bind_module_sites, match_modules, match_patterns
-from .graph.rewrite import GraphHost, SwapHost, SymbolicModule, check_outputs
+from .graph.rewrite import (
+    GraphHost,
+    SwapHost,
+    SymbolicModule,
+    check_outputs,
+    output_names,
+)
 from .graph.targets import normalize
 from .graph.trace import trace
 from .kernels.lower import Layout
@@ -171,10 +177,6 @@ def feature_names(input_names: list[str], layout: Layout) -> list[str]:
             sep = "_" if p[-1].isdigit() else ""
             names.extend(f"{p}{sep}{j}" for j in range(w))
     return [n + "_" if reserved(n) else n for n in names]
-
-
-def output_names(layout: Layout) -> list[str]:
-    return ["y"] if layout.outputs is None else [f"y{k}" for k in range(layout.outputs)]
 
 
 def _prepared_state(prepared) -> PreparedState:
@@ -377,8 +379,7 @@ def distill_recordings(
     _check_keys(outputs, "outputs", regions)
     plans: dict[tuple[str, int], tuple] = {}
     asks: list[tuple] = []  # outputs to decompose, once the width is known to be fine
-    if isinstance(features, dict) and features and all(
-            isinstance(v, (dict, list, tuple)) for v in features.values()):
+    if derived_features.by_target(features):
         _check_keys(features, "features", regions)
     data, jobs = {}, []
     for ri, region in enumerate(regions):
@@ -410,8 +411,7 @@ def distill_recordings(
         derived = None
         if projection is None:
             names = given or feature_names(getattr(rec, "input_names", []), rec.layout)
-            outs = (output_names(rec.layout) if index is None
-                    else [f"y{k}" for k in index])
+            outs = output_names(rec.layout, index)
             if spec is not None:
                 parsed = derived_features.parse_features(spec, names, region.name, rec.layout)
                 if labels:
@@ -452,17 +452,20 @@ def distill_recordings(
     searched = run_jobs(engine, jobs, executor=executor, progress=progress)
     # the decomposition, for the outputs whose own searches stayed far from the network
     parts: list[Job] = []
+    best: dict[tuple[str, int], float] = {}  # each output's best held-out loss so far
+    for j, s in zip(jobs, searched):
+        for c in s.scored or []:
+            key = (j.region, j.output)
+            best[key] = min(best.get(key, np.inf), c.loss)
     for ri, region, k, oracle, X, Y, train, val, names, index in asks:
         floor = _noise_for(noise, region.name, Y.shape[1], index)[k]
         plan = _decompose(oracle, k, X, Y[:, k], train, floor, _job_seed(seed, ri, k, 0))
         if plan is None:
             continue
         plans[(region.name, k)] = plan
-        found = [c.loss for j, s in zip(jobs, searched)
-                 if (j.region, j.output) == (region.name, k) for c in (s.scored or [])]
         reach = max(decomposition.network_error(plan[0]) or 0.0,
                     DECOMPOSE_FLOOR * float(np.var(Y[train, k])))
-        if found and min(found) <= DECOMPOSE_NEAR * reach:
+        if best.get((region.name, k), np.inf) <= DECOMPOSE_NEAR * reach:
             plan[0].skipped = True  # the output's own searches reached the network
             continue
         r = restarts + len(transforms)
@@ -573,14 +576,9 @@ def _oracle(module: nn.Module, rec: Recorder):
             cols = rows[:, at] if w is None else rows[:, at:at + w]
             at += 1 if w is None else w
             args.append(torch.as_tensor(np.ascontiguousarray(cols), dtype=dt, device=device))
-        flags = [m.training for m in module.modules()]
-        try:
+        with modes_kept(module), torch.no_grad():
             module.eval()
-            with torch.no_grad():
-                out = module(*args)
-        finally:
-            for m, flag in zip(module.modules(), flags):
-                m.training = flag
+            out = module(*args)
         return out.detach().double().cpu().reshape(len(rows), -1).numpy()
 
     return f
@@ -834,33 +832,30 @@ def run(prepared: nn.Module, batches, collect: bool = False, mode: str = "eval")
     if mode not in ("eval", "train"):
         raise SymTorchFXError(f"mode={mode!r}: record in 'eval' (default) or 'train' mode")
     batches = _batches(batches)
-    modules = list(prepared.modules())
-    flags = [m.training for m in modules]
     buffers = ([(b, b.detach().clone()) for b in prepared.buffers()] if mode == "train" else [])
-    recorders = [m for m in modules if isinstance(m, Recorder)]
     outs = []
-    try:
-        prepared.train(mode == "train")
-        for r in recorders:
-            r.train_mode_ok = mode == "train"
-        with torch.no_grad():
-            for b in batches:
-                if isinstance(b, dict):
-                    out = prepared(**b)
-                elif isinstance(b, (tuple, list)):
-                    out = prepared(*b)
-                else:
-                    out = prepared(b)
-                if collect:
-                    outs.append(out)
-    finally:
-        for m, flag in zip(modules, flags):
-            m.training = flag
-        for r in recorders:
-            r.train_mode_ok = False
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
+    with modes_kept(prepared) as modules:
+        recorders = [m for m in modules if isinstance(m, Recorder)]
+        try:
+            prepared.train(mode == "train")
+            for r in recorders:
+                r.train_mode_ok = mode == "train"
+            with torch.no_grad():
+                for b in batches:
+                    if isinstance(b, dict):
+                        out = prepared(**b)
+                    elif isinstance(b, (tuple, list)):
+                        out = prepared(*b)
+                    else:
+                        out = prepared(b)
+                    if collect:
+                        outs.append(out)
+        finally:
+            for r in recorders:
+                r.train_mode_ok = False
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
     return outs if collect else None
 
 

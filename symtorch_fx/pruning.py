@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from .errors import SymTorchFXError, nearest
+from .graph.instrument import modes_kept
 
 SCHEDULES = ("exponential", "linear", "cosine")
 _ALIASES = {"exp": "exponential"}
@@ -167,16 +168,12 @@ class OutputPruning:
         else over everything the target computed since the last :meth:`step`."""
         if sample_inputs is not None:
             self._sum, self._n = None, 0
-            was = self.model.training
-            try:
+            with modes_kept(self.model), torch.no_grad():
                 self.model.eval()
-                with torch.no_grad():
-                    if isinstance(sample_inputs, (tuple, list)):
-                        self.model(*sample_inputs)
-                    else:
-                        self.model(sample_inputs)
-            finally:
-                self.model.train(was)
+                if isinstance(sample_inputs, (tuple, list)):
+                    self.model(*sample_inputs)
+                else:
+                    self.model(sample_inputs)
         if not self._n:
             raise SymTorchFXError(
                 f"prune_outputs: nothing ran through {self.target!r} since the last step; pass "

@@ -50,6 +50,24 @@ def train(net: nn.Module, X: torch.Tensor, Y: torch.Tensor, steps: int = 2000, l
         return float(((net(X) - Y) ** 2).mean())
 
 
+def train_pruned(model: nn.Module, X, Y, pruner, steps: int, every: int = 1,
+                 sample_inputs=None) -> list[int]:
+    """Adam on (X, Y) in batches of 256 (seeded), calling ``pruner.step`` every ``every`` steps
+    (with ``sample_inputs`` when given); returns how many dimensions each call kept."""
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    g = torch.Generator().manual_seed(0)
+    kept = []
+    for step in range(steps):
+        idx = torch.randint(0, len(X), (256,), generator=g)
+        loss = ((model(X[idx]) - Y[idx]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % every == 0:
+            kept.append(len(pruner.step(step, sample_inputs=sample_inputs)))
+    return kept
+
+
 class Candidates:
     """A user-defined engine that proposes fixed equations (the Engine protocol, for real)."""
 

@@ -13,7 +13,7 @@ import pytest
 import sympy
 import torch
 import torch.nn as nn
-from conftest import Candidates, PartlyLaw, equivalent, fast_engine
+from conftest import Candidates, PartlyLaw, equivalent, fast_engine, train_pruned
 
 import symtorch_fx as sfx
 
@@ -396,17 +396,7 @@ def test_pruning_keeps_the_dimensions_the_law_needs_and_compile_distils_them(tmp
     model = MessageNet()
     steps = 1500
     pruner = sfx.prune_outputs(model, "message", keep=2, steps=steps, schedule="cosine")
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    g = torch.Generator().manual_seed(0)
-    kept_over_time = []
-    for step in range(steps):
-        idx = torch.randint(0, len(X), (256,), generator=g)
-        loss = ((model(X[idx]) - Y[idx]) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 10 == 0:
-            kept_over_time.append(len(pruner.step(step)))
+    kept_over_time = train_pruned(model, X, Y, pruner, steps, every=10)
     assert kept_over_time[0] == 8 and kept_over_time[-1] == 2
     assert kept_over_time == sorted(kept_over_time, reverse=True)
     active = pruner.active_dimensions()

@@ -21,7 +21,7 @@ import pytest
 import sympy
 import torch
 import torch.nn as nn
-from conftest import PartlyLaw, equivalent, fast_engine
+from conftest import PartlyLaw, equivalent, fast_engine, train_pruned
 
 import symtorch_fx as sfx
 
@@ -671,17 +671,7 @@ def test_pruning_demo_train_prune_distil_both_blocks():
     steps = 1000
     pruner = sfx.prune_outputs(model, "f_net", keep=2, steps=steps, schedule="exp",
                                end_fraction=0.5)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    g = torch.Generator().manual_seed(0)
-    active = []
-    for step in range(steps):
-        idx = torch.randint(0, len(X), (256,), generator=g)
-        loss = ((model(X[idx]) - Y[idx]) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        pruner.step(step, sample_inputs=X_val)
-        active.append(int(pruner.mask.sum()))
+    active = train_pruned(model, X, Y, pruner, steps, sample_inputs=X_val)
     assert active[0] == 8 and active[-1] == 2 and active == sorted(active, reverse=True)
     assert active.index(2) <= steps // 2  # done by end_fraction
     model.eval()

@@ -14,6 +14,7 @@ uniform reservoir of (features, outputs) rows on the CPU:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -226,6 +227,19 @@ class Recorder(nn.Module):
             )
         return (self.features[: self.n_kept].numpy().copy(),
                 self.outputs[: self.n_kept].numpy().copy())
+
+
+@contextlib.contextmanager
+def modes_kept(module: nn.Module):
+    """Run the block with ``module`` in whatever modes it sets, then put every submodule's own
+    training flag back (``module.train(was)`` would set all of them to the root's)."""
+    modules = list(module.modules())
+    flags = [m.training for m in modules]
+    try:
+        yield modules
+    finally:
+        for m, flag in zip(modules, flags):
+            m.training = flag
 
 
 def _show(layout: Layout) -> str:

@@ -248,10 +248,7 @@ class SymbolicModule(nn.Module):
         components of a projection."""
         if self.projection is not None:
             return [f"w{k}" for k in range(self.eq_layout.n_outputs)]
-        if self.outputs is not None:
-            return [f"y{k}" for k in self.outputs]
-        return ["y"] if self.layout.outputs is None else [f"y{k}" for k in range(
-            self.layout.outputs)]
+        return output_names(self.layout, self.outputs)
 
     def extra_repr(self) -> str:
         names = self.output_names()
@@ -280,6 +277,14 @@ class SymbolicModule(nn.Module):
         self.__dict__.setdefault("features", None)
         self.__dict__.setdefault("inputs", None)
         self._fn = self._lower(self.templates, self.constants.numel(), self._kernel)
+
+
+def output_names(layout: Layout, outputs=None) -> list[str]:
+    """The names of a region's outputs that have equations: ``y`` for an output without a
+    feature dimension, else ``y<k>`` for each output ``k`` (those of ``outputs`` only)."""
+    if layout.outputs is None:
+        return ["y"]
+    return [f"y{k}" for k in (range(layout.outputs) if outputs is None else outputs)]
 
 
 def check_outputs(outputs, layout: Layout, region: str) -> tuple[int, ...]:

@@ -64,10 +64,14 @@ def per_target(features, region: str):
     ``{target: spec}`` (a dict whose values are specs, not equations)."""
     if features is None:
         return None
-    if isinstance(features, dict) and features and all(
-            isinstance(v, (dict, list, tuple)) for v in features.values()):
-        return features.get(region)
-    return features
+    return features.get(region) if by_target(features) else features
+
+
+def by_target(features) -> bool:
+    """Whether ``features=`` is ``{target: spec}`` (a dict whose values are specs, not
+    equations)."""
+    return isinstance(features, dict) and bool(features) and all(
+        isinstance(v, (dict, list, tuple)) for v in features.values())
 
 
 def parse_features(spec, names: list[str], region: str, layout: Layout | None = None
