@@ -21,7 +21,11 @@ seeds:
      (relative RMS < 1e-6 on in- and out-of-range points) while moving it less than 1%, and
      sympy confirms ``simplify(refit - truth) == 0`` once those constants are rounded to closed
      forms (rationals, multiples of powers of pi). A bloated equation either keeps a term the
-     truth lacks or cannot be refit onto it; both fail.
+     truth lacks or cannot be refit onto it; both fail. The refit accepts constants up to 1%
+     off (what the network's error leaves in them);
+   * strict (see ``strict_form``): exact form with no refit: after the same rounding to zero,
+     every constant *as found* is within 1% of a closed form (denominator <= 12), and with those
+     forms sympy finds the equation equal to the law.
 
 Networks are cached (``$FEYNMAN_CACHE/feynman_nets``, default ``~/.cache/symtorch_fx``); the
 per-law records (fronts, choices, metrics, timings) go to ``--out`` as JSON, and a table to
@@ -275,6 +279,55 @@ def exact_form(expr, law, seed: int = 11) -> tuple[bool, str]:
     return False, f"numerically the law, but sympy {why} the refit {closed}"
 
 
+#: strict form: a constant as found must be this close (relative) to a closed form
+STRICT_TOL = 0.01
+
+
+def _nearest_closed_form(v: float) -> sympy.Expr | None:
+    """The closed form (rational with denominator <= 12, times 1, pi^+-1, pi^+-2, sqrt(pi) or
+    1/sqrt(2 pi)) nearest to ``v`` in relative terms, if within ``STRICT_TOL``."""
+    best = None
+    for basis in (sympy.Integer(1), sympy.pi, 1 / sympy.pi, sympy.pi**2, 1 / sympy.pi**2,
+                  sympy.sqrt(sympy.pi), 1 / sympy.sqrt(2 * sympy.pi)):
+        r = sympy.Rational(v / float(basis)).limit_denominator(12)
+        if r == 0:
+            continue
+        err = abs(float(r * basis) - v) / abs(v)
+        if err <= STRICT_TOL and (best is None or err < best[0]):
+            best = (err, r * basis)
+    return None if best is None else best[1]
+
+
+def strict_form(expr, law, seed: int = 11) -> tuple[bool, str]:
+    """(whether ``expr`` is the law with its constants as found, and why not): the constants
+    whose removal moves it less than ``PRUNE_TOL / 2`` of the truth's spread are dropped (one at
+    a time, as in :func:`exact_form`), every other one is replaced by the nearest closed form
+    within ``STRICT_TOL`` (1%), and sympy must find the result equal to the law. No refit."""
+    syms = law.symbols
+    X_in, _, _, spread = _exact_form_points(law, seed)
+    found = evaluate(expr, syms, X_in)
+    e = expr
+    for c in sorted(expr.atoms(sympy.Float), key=lambda f: abs(float(f))):
+        if c not in e.atoms(sympy.Float):
+            continue
+        trial = e.xreplace({c: sympy.S.Zero})
+        if trial.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
+            continue
+        d = evaluate(trial, syms, X_in) - found
+        if np.all(np.isfinite(d)) and math.sqrt(float(np.mean(d * d))) / spread < PRUNE_TOL / 2:
+            e = trial
+    snaps = {}
+    for c in e.atoms(sympy.Float):
+        closed = _nearest_closed_form(float(c))
+        if closed is None:
+            return False, f"the constant {float(c):.6g} is not within 1% of a closed form"
+        snaps[c] = closed
+    pos = {x: sympy.Symbol(x.name, positive=True) for x in syms}
+    a, b = e.xreplace(snaps).xreplace(pos), law.expr.xreplace(pos)
+    confirmed = _sympy_zero([a - b, a / b - 1], SYMPY_SECONDS)
+    return bool(confirmed), "" if confirmed else f"{e.xreplace(snaps)} is not the law"
+
+
 def _simplifies_to_zero(exprs, conn) -> None:
     conn.send(any(sympy.simplify(t) == 0 for t in exprs))
 
@@ -351,9 +404,11 @@ def score(expr, law) -> dict:
     """recovered: out of range within ``OOR_TOL``; exact: recovered and of the law's form."""
     oor = out_of_range_error(expr, law)
     if oor >= OOR_TOL:
-        return {"oor": oor, "recovered": False, "exact": False, "why": "not recovered"}
+        return {"oor": oor, "recovered": False, "exact": False, "strict": False,
+                "why": "not recovered"}
     exact, why = exact_form(expr, law)
-    return {"oor": oor, "recovered": True, "exact": exact, "why": why}
+    strict = exact and strict_form(expr, law)[0]
+    return {"oor": oor, "recovered": True, "exact": exact, "strict": strict, "why": why}
 
 
 def run_law(law, index: int, args, engine_kw: dict) -> dict:
@@ -448,16 +503,21 @@ def judge(rec: dict, law, picks_only: bool = False) -> dict:
 
 def table(records: list[dict], whole_front: bool = True) -> str:
     rules = list(records[0]["picks"])
-    lines = ["| rule | recovered (OOR < 3%) | exact form |", "|---|---|---|"]
+    lines = ["| rule | recovered (OOR < 3%) | exact form (refit) | strict (as found) |",
+             "|---|---|---|---|"]
     n = len(records)
+
+    def count(v, key):
+        return bool(v.get(key, False))
+
     for rule in rules:
-        rec = sum(r["scored"][str(r["picks"][rule])]["recovered"] for r in records)
-        ex = sum(r["scored"][str(r["picks"][rule])]["exact"] for r in records)
-        lines.append(f"| {rule} | {rec}/{n} | {ex}/{n} |")
+        got = [r["scored"][str(r["picks"][rule])] for r in records]
+        rec, ex, st = (sum(count(v, k) for v in got) for k in ("recovered", "exact", "strict"))
+        lines.append(f"| {rule} | {rec}/{n} | {ex}/{n} | {st}/{n} |")
     if whole_front:
-        rec = sum(any(v["recovered"] for v in r["scored"].values()) for r in records)
-        ex = sum(any(v["exact"] for v in r["scored"].values()) for r in records)
-        lines.append(f"| (on the front: any equation) | {rec}/{n} | {ex}/{n} |")
+        rec, ex, st = (sum(any(count(v, k) for v in r["scored"].values()) for r in records)
+                       for k in ("recovered", "exact", "strict"))
+        lines.append(f"| (on the front: any equation) | {rec}/{n} | {ex}/{n} | {st}/{n} |")
     secs = [r["seconds"] for r in records]
     cpu = [r["cpu_seconds"] for r in records]
     load = [r["load"] for r in records]

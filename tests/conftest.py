@@ -6,6 +6,7 @@ Everything is seeded. The engine is the real embedded Operon with budgets small 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import sympy
 import torch
@@ -128,11 +129,88 @@ def round_constants(expr: sympy.Expr, digits: int = 1) -> sympy.Expr:
     return expr.xreplace({f: sympy.Float(round(float(f), digits)) for f in expr.atoms(sympy.Float)})
 
 
-def equivalent(expr: sympy.Expr, truth: sympy.Expr, digits: int = 1) -> bool:
-    """Equal after rounding constants (and snapping them to nearby integers)."""
+#: a constant whose removal moves the equation by less than this (relative RMS on the rows
+#: it is checked on) is a leftover of the search and counts as zero; any other term is kept
+NEGLIGIBLE = 0.01
+#: a constant within this relative distance of a simple fraction p/q (q <= 10) is that fraction
+SNAP = 0.05
+
+
+def _values(expr: sympy.Expr, symbols, rows: np.ndarray) -> np.ndarray:
+    """``expr`` on ``rows`` by the project's own evaluator (it knows every op of the grammar,
+    sigmoid included); nan where it is not real."""
+    from symtorch_fx.kernels.lower import evaluate
+
+    with np.errstate(all="ignore"):
+        out = evaluate([expr], torch.from_numpy(rows), list(symbols))[:, 0].numpy()
+    return np.where(np.isfinite(out), out, np.nan)
+
+
+def _snapped(c: float) -> sympy.Rational | None:
+    if c == 0:
+        return sympy.Integer(0)
+    best = min((abs(round(c * q) / q - c), q) for q in range(1, 11))
+    q = best[1]
+    p = round(c * q)
+    if p == 0 or abs(p / q - c) > SNAP * abs(c):
+        return None
+    return sympy.Rational(p, q)
+
+
+def equivalent(expr: sympy.Expr, truth: sympy.Expr, rows: np.ndarray | None = None,
+               names=None) -> bool:
+    """The equation is the law: every constant either does not matter (removing it moves the
+    equation by less than ``NEGLIGIBLE`` of its spread on ``rows``, default uniform in
+    [-2, 2]; the columns of ``rows`` are the variables ``names``, or all of them sorted by name) or is within ``SNAP`` (5%) of a fraction p/q with q <= 10; and after replacing
+    the ones that matter by those fractions, sympy finds the difference to the law zero.
+
+    A spurious term fails however small its coefficient, as long as it changes the values:
+    ``0.5*x0*x1 + 0.5*sin(x0) + 0.04*exp(x1**2)`` is not ``(x0*x1 + sin(x0))/2``."""
     by_name = {s.name: s for s in expr.free_symbols}
     truth = truth.xreplace({s: by_name.get(s.name, s) for s in truth.free_symbols})
-    e = sympy.nsimplify(round_constants(expr, digits), rational=True)
+    symbols = sorted(expr.free_symbols | truth.free_symbols, key=lambda s: s.name)
+    if names is not None:  # the columns of rows, by name
+        by_name.update({s.name: s for s in truth.free_symbols if s.name not in by_name})
+        symbols = [by_name.get(n, sympy.Symbol(n, real=True)) for n in names]
+    if rows is None:
+        rows = np.random.default_rng(0).uniform(-2, 2, (512, len(symbols)))
+    rows = np.asarray(rows, np.float64).reshape(len(rows), -1)
+    # constants a search splits over a product (20.6 / (10.3 x0)) are one constant once
+    # expanded: judged either way
+    flat = sympy.expand(expr, mul=True, power_base=True, multinomial=False, power_exp=False,
+                        log=False, deep=True)
+    return any(_equivalent(e, truth, symbols, rows) for e in dict.fromkeys([expr, flat]))
+
+
+def _equivalent(expr, truth, symbols, rows) -> bool:
+    base = _values(expr, symbols, rows)
+    ok = np.isfinite(base)
+    if ok.any():  # judged where the values are typical: a pole in the rows does not set the scale
+        lo, hi = np.percentile(base[ok], [5, 95])
+        ok &= (base >= lo) & (base <= hi)
+    spread = float(np.std(base[ok])) if ok.any() else 0.0
+    e = expr
+    for c in sorted(expr.atoms(sympy.Float), key=lambda f: abs(float(f))):
+        if c not in e.atoms(sympy.Float):
+            continue
+        without = e.xreplace({c: sympy.Integer(0)})
+        moved = _values(without, symbols, rows) - base
+        if spread > 0 and np.all(np.isfinite(moved[ok])) and \
+                float(np.sqrt(np.mean(moved[ok] ** 2))) < NEGLIGIBLE * spread:
+            e = without
+    snaps = {}
+    for c in e.atoms(sympy.Float):
+        s = _snapped(float(c))
+        if s is None:
+            return False  # a constant that matters and is no simple number
+        snaps[c] = s
+    e = e.xreplace(snaps)
+    # numbers first: a different equation is told apart at once (sympy can take minutes on
+    # a power of 16 that is not the law)
+    a, b = _values(e, symbols, rows), _values(truth, symbols, rows)
+    both = np.isfinite(a) & np.isfinite(b)
+    if both.sum() < len(rows) // 2 or not np.allclose(a[both], b[both], rtol=1e-6, atol=1e-9):
+        return False
     return sympy.simplify(e - truth) == 0
 
 

@@ -70,6 +70,29 @@ def test_auto_with_known_noise_widens_the_filter():
 SPREAD = [(1, 74.5), (7, 6.69), (14, 0.68), (29, 2.2e-2), (35, 2.2e-4)]
 
 
+# AUTO_RATE pinned from both sides. A look-alike 3 nodes past the law that fits 3.9x better
+# (0.45 nats/node: the size of what fitting a network's error buys) must not be taken; a law
+# 3 nodes past a look-alike that it fits 5.2x better (0.55 nats/node) must be.
+LOOKALIKE_PAST_LAW = [(1, 1.0), (9, 1e-4), (12, 1e-4 / np.exp(0.45 * 3))]
+LAW_PAST_LOOKALIKE = [(1, 1.0), (7, 1e-4 * np.exp(0.55 * 3)), (10, 1e-4)]
+
+
+@pytest.mark.parametrize("rate, law_past, lookalike_past", [
+    (None, 10, 9),  # the default keeps the law in both
+    (0.44, 10, 12),  # a rate below the first front's gain takes the look-alike
+    (0.56, 7, 9),  # a rate above the second front's gain stops before the law
+])
+def test_auto_rate_is_bounded_from_both_sides(monkeypatch, rate, law_past, lookalike_past):
+    if rate is not None:
+        monkeypatch.setattr(_select, "AUTO_RATE", rate)
+    f = front(LOOKALIKE_PAST_LAW)
+    _select.apply(f, "auto")
+    assert f.equation.complexity == lookalike_past
+    f = front(LAW_PAST_LOOKALIKE)
+    _select.apply(f, "auto")
+    assert f.equation.complexity == law_past
+
+
 def test_auto_takes_a_large_loss_ratio_as_real_however_long(monkeypatch):
     f = front(SPREAD)
     _select.apply(f, "auto")
