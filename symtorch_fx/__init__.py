@@ -35,6 +35,7 @@ from .reduce import PCA, LearnedProjection, Projection
 from .search.engine import Engine
 from .search.operon import Operon
 from .search.pysr import PySR
+from .search.units import Units
 from .serialize import load, save
 from .slime import Explanation, explain, stand_in
 
@@ -48,5 +49,5 @@ __all__ = [
     "SymbolicModel", "SymbolicModule", "Recorder",
     "SymTorchFXError", "TargetError", "UntraceableModelError", "RecordingError",
     "EngineUnavailableError", "EquationSyntaxError", "SerializationError",
-    "explain", "Explanation", "stand_in", "prune_outputs", "OutputPruning",
+    "explain", "Explanation", "stand_in", "prune_outputs", "OutputPruning", "Units",
 ]

@@ -22,7 +22,13 @@ from .errors import (
     UntraceableModelError,
 )
 from .expr.equations import ParetoFront
-from .expr.grammar import check_variable_names, reserved, to_text, variable
+from .expr.grammar import (
+    check_variable_names,
+    reserved,
+    rewrite_variables,
+    to_text,
+    variable,
+)
 from .function import FUNCTION_TARGET, FunctionModel, as_model
 from .graph.instrument import Recorder, modes_kept
 from .graph.match import Region, bind_module_sites, match_modules, match_patterns
@@ -41,6 +47,7 @@ from .reduce import fit_reduction
 from .search import decompose as decomposition
 from .search import features as derived_features
 from .search import select as rules
+from .search import units as dimensions
 from .search.distill import (
     Job,
     Searched,
@@ -210,6 +217,7 @@ def convert(
     outputs=None,
     features=None,
     decompose: bool = True,
+    units=None,
 ) -> nn.Module:
     """Distill every recorded region and return the symbolic model.
 
@@ -277,6 +285,13 @@ def convert(
             inputs it ignores), search each part on its own, and add their composition to the
             front, where it is scored like every other equation. For module and whole-model
             targets whose module reproduces its recordings; ``False`` turns it off.
+        units: the physical units of a target's inputs and outputs, ``sfx.Units(inputs=["kg",
+            "m/s", "m/s"], outputs="J")`` (or ``{target: Units}``), read by a strict grammar
+            (``search.units.parse_unit``). Each output is also searched as ``P(x) g(pi)``: ``P``
+            a product of powers of the inputs with the output's unit, ``g`` a law of the
+            dimensionless groups ``pi`` (Buckingham), which has fewer variables; the result
+            joins the front. A PySR engine also gets them as ``X_units``/``y_units``. Not with
+            ``features`` or ``reduce``.
     """
     st = _prepared_state(prepared)
     _dry_run(st, outputs)
@@ -286,7 +301,7 @@ def convert(
         executor=executor, progress=progress,
         validation=validation, seed=seed, kernel=kernel, allow_wide=allow_wide,
         variable_names=variable_names, outputs=outputs, features=features,
-        oracles=_oracles(st) if decompose else None, decompose=decompose)
+        oracles=_oracles(st) if decompose else None, decompose=decompose, units=units)
     modes = {name: "symbolic" for name in results}
     try:
         sym = st.host.symbolic({k: r.module for k, r in results.items()}, modes)
@@ -353,6 +368,7 @@ def distill_recordings(
     features=None,
     oracles=None,
     decompose: bool = True,
+    units=None,
 ) -> dict[str, RegionResult]:
     """Recordings -> fronts -> chosen equations -> SymbolicModules, per region. ``oracles``:
     the targets' modules as functions of rows (see ``convert(decompose=)``); the torch.compile
@@ -377,6 +393,8 @@ def distill_recordings(
 
     _check_keys(variable_names, "variable_names", regions)
     _check_keys(outputs, "outputs", regions)
+    _check_units(units, regions)
+    grouped: dict[tuple[str, int], tuple] = {}  # (prefactor and groups, their rows) per output
     plans: dict[tuple[str, int], tuple] = {}
     asks: list[tuple] = []  # outputs to decompose, once the width is known to be fine
     if derived_features.by_target(features):
@@ -432,11 +450,26 @@ def distill_recordings(
         oracle = None
         if oracles and projection is None and derived is None and X.shape[1] >= 2:
             oracle = _checked_oracle(oracles.get(region.name), X, Y, index)
+        spec = _units_of(units, region.name)
+        if spec is not None and (projection is not None or derived is not None):
+            raise SymTorchFXError(
+                f"target {region.name!r}: units= applies to the target's own inputs; it cannot "
+                "be combined with features= or reduce= (drop one of them for this target)")
+        if spec is not None and len(spec.inputs) != X.shape[1]:
+            raise SymTorchFXError(
+                f"target {region.name!r}: Units gives {len(spec.inputs)} input units, but the "
+                f"target has {X.shape[1]} input features ({', '.join(names)}); give one per "
+                "feature")
         for k in range(Y.shape[1]):
+            unit_k = None
+            if spec is not None:
+                n_all = rec.layout.n_outputs
+                unit_k = spec.output(k if index is None else index[k], n_all)
             for r in range(restarts):
                 jobs.append(Job(region.name, k, r, X[train], Y[train, k], names,
                                 seed=_job_seed(seed, ri, k, r), prune=prune,
-                                holdout=(X[val], Y[val, k])))
+                                holdout=(X[val], Y[val, k]),
+                                units=None if spec is None else (spec.inputs, unit_k)))
             for j, name in enumerate(transforms):
                 t = TRANSFORMS[name]
                 if t.applies(Y[:, k]):
@@ -447,6 +480,23 @@ def distill_recordings(
                                     holdout=(X[val], Y[val, k])))
             if oracle is not None and k < MAX_DECOMPOSED_OUTPUTS:
                 asks.append((ri, region, k, oracle, X, Y, train, val, names, index))
+            if spec is not None:
+                plan = _dimensionless(spec.inputs, unit_k, X, Y[:, k], train, names,
+                                      region.name, k)
+                if plan is not None:
+                    grouped[(region.name, k)] = plan
+                    G, Ly = plan[1], plan[2]
+                    gnames = plan[3]
+                    r = restarts + len(transforms)
+                    for name in (IDENTITY, *transforms) if G.shape[1] else ():
+                        t = TRANSFORMS[name]
+                        if name != IDENTITY and not t.applies(Ly):
+                            continue
+                        jobs.append(Job(region.name, k, r, G[train], Ly[train], gnames,
+                                        seed=_job_seed(seed, ri, k, r), transform=name,
+                                        sign=t.sign(Ly), prune=prune,
+                                        holdout=(G[val], Ly[val]), dimensionless=True))
+                        r += 1
 
     _check_width(jobs, allow_wide)
     searched = run_jobs(engine, jobs, executor=executor, progress=progress)
@@ -477,7 +527,8 @@ def distill_recordings(
                 if name != IDENTITY and not t.applies(Ly):
                     continue
                 parts.append(Job(region.name, k, r, LX[train], Ly[train],
-                                 [names[i] for i in leaf.inputs], seed=_job_seed(seed, ri, k, r),
+                                 decomposition.leaf_names(leaf, list(names)),
+                                 seed=_job_seed(seed, ri, k, r),
                                  transform=name, sign=t.sign(Ly), prune=prune,
                                  holdout=(LX[val], Ly[val]), part=li))
                 r += 1
@@ -486,7 +537,7 @@ def distill_recordings(
         jobs = jobs + parts
     try:
         return _results_of(regions, recorders, data, jobs, searched, engine, selection, noise,
-                           kernel, plans)
+                           kernel, plans, grouped)
     except Exception as e:
         e.sfx_searched = list(zip(jobs, searched))
         e.add_note("symtorch_fx: the search finished; every search's candidates are in this "
@@ -495,7 +546,7 @@ def distill_recordings(
 
 
 def _results_of(regions, recorders, data, jobs, searched, engine, selection, noise,
-                kernel, plans=None) -> dict[str, RegionResult]:
+                kernel, plans=None, grouped=None) -> dict[str, RegionResult]:
     by_output: dict[tuple[str, int], list[tuple[Job, Searched]]] = {}
     for job, s in zip(jobs, searched):
         by_output.setdefault((job.region, job.output), []).append((job, s))
@@ -508,15 +559,25 @@ def _results_of(regions, recorders, data, jobs, searched, engine, selection, noi
         fronts = []
         for k, out_name in enumerate(outs):
             runs = by_output[(region.name, k)]
-            whole = [(j, s) for j, s in runs if j.part is None]
+            whole = [(j, s) for j, s in runs if j.whole]
             plan = (plans or {}).get((region.name, k))
             searched_parts = plan is not None and not plan[0].skipped
             composed = [] if not searched_parts else _composed(plan, runs, X, Y[:, k], train, val,
                                                          names, symbols, runs[0][0].prune)
-            front = front_of_scored([c for _, s in whole for c in s.scored] + composed,
-                                    symbols, Y[train, k], Y[val, k],
+            units_plan = (grouped or {}).get((region.name, k))
+            dimensionless = ([] if units_plan is None else
+                             _dimensionless_composed(units_plan, runs, X, Y[:, k], train, val,
+                                                     names, symbols))
+            front = front_of_scored([c for _, s in whole for c in s.scored] + composed
+                                    + dimensionless, symbols, Y[train, k], Y[val, k],
                                     [b for _, s in whole for b in s.bad_syntax])
             info = {"searches": search_records(runs, front)}
+            if units_plan is not None:
+                groups, gnames = units_plan[0], units_plan[3]
+                info["units"] = {
+                    "prefactor": groups.prefactor_text(names),
+                    "groups": dict(zip(gnames, groups.group_texts(names))),
+                    "composed": [c.text for c in dimensionless]}
             if plan is not None:
                 info["decomposition"] = plan[0].describe(list(names)) + (
                     "" if searched_parts else " (parts not searched: the output's own "
@@ -526,8 +587,9 @@ def _results_of(regions, recorders, data, jobs, searched, engine, selection, noi
                 if unused:
                     info["ignored_inputs"] = [names[i] for i in unused]
                 est = decomposition.network_error(plan[0])
-                if est is not None:
-                    info["network_error_estimate"] = est
+                if est is not None:  # not below float64 rounding of the output
+                    info["network_error_estimate"] = max(
+                        est, DECOMPOSE_FLOOR * float(np.var(Y[train, k])))
             fronts.append(ParetoFront(region.name, out_name, front, info=info))
         floors = _noise_for(noise, region.name, len(fronts), index)
         for front, rule, floor in zip(fronts, rules.per_output(selection, len(fronts)), floors):
@@ -636,7 +698,7 @@ def _checked_oracle(oracle, X: np.ndarray, Y: np.ndarray, index):
 
 def _decompose(oracle, k: int, X, y, train, noise, seed):
     """The decomposition of output ``k`` (``search.decompose.plan``) and its leaves' rows, or
-    None when the output does not split. The tolerance is the larger of 2% of the output's
+    None when the output neither splits nor has a symmetry. The tolerance is the larger of 2% of the output's
     spread and three times the network's error, when known."""
     spread = float(np.std(y[train])) or 1.0
     tol = 0.02 if not noise else max(0.02, 3 * float(np.sqrt(noise)) / spread)
@@ -645,7 +707,7 @@ def _decompose(oracle, k: int, X, y, train, noise, seed):
         tree = decomposition.plan(fk, X[train], tol=tol, seed=seed)
     except (FloatingPointError, ValueError, RuntimeError):
         return None
-    if not tree.splits:
+    if not decomposition.reduced(tree):
         return None
     leaves = [(leaf, *decomposition.leaf_rows(X, leaf)) for leaf in tree.leaves()]
     return tree, leaves
@@ -660,7 +722,7 @@ def _composed(plan, runs, X, y, train, val, names, symbols, prune: bool = True) 
         scored = [c for j, s in runs if j.part == li for c in (s.scored or [])]
         if not scored:
             return []
-        lnames = [names[i] for i in leaf.inputs]
+        lnames = decomposition.leaf_names(leaf, list(names))
         lsyms = [variable(n) for n in lnames]
         poly, _ = score_texts(decomposition.polynomial_candidates(LX[train], Ly[train], lnames),
                               lsyms, LX[val], Ly[val], LX[train], canonical=True,
@@ -670,7 +732,8 @@ def _composed(plan, runs, X, y, train, val, names, symbols, prune: bool = True) 
         ok = [e.finite for e in front]
         if not any(ok):
             return []
-        auto, best = (front[rules._pick(front, rule, ok)].text() for rule in ("auto", "accuracy"))
+        auto, best = (decomposition.in_inputs(front[rules._pick(front, rule, ok)].text(), leaf,
+                                              list(names)) for rule in ("auto", "accuracy"))
         picks.append((id(leaf), auto, best))
     combos = [{lid: a for lid, a, _ in picks}, {lid: b for lid, _, b in picks}]
     for lid, _, b in picks:  # one leaf at its most accurate, the others as auto picks
@@ -679,6 +742,77 @@ def _composed(plan, runs, X, y, train, val, names, symbols, prune: bool = True) 
     if prune:  # the anchors leave small constants where parts meet: offer the forms without
         texts += prune_candidates(texts, X[train], y[train], list(names), None, 0)
     found, _ = score_texts(texts, symbols, X[val], y[val], X[train], canonical=True,
+                           scale=float(np.std(y[train])) or 1.0)
+    return [s for _, s in found]
+
+
+def _check_units(units, regions: list[Region]) -> None:
+    """``units=``: a :class:`search.units.Units`, or ``{target: Units}``."""
+    if units is None:
+        return
+    if isinstance(units, dict):
+        bad = [v for v in units.values() if not isinstance(v, dimensions.Units)]
+    else:
+        bad = [] if isinstance(units, dimensions.Units) else [units]
+    if bad:
+        raise SymTorchFXError(
+            f"units= takes sfx.Units(inputs=[...], outputs=...) or {{target: sfx.Units(...)}}, "
+            f"got {bad[0]!r}")
+    if isinstance(units, dict):
+        _check_keys(units, "units", regions)
+
+
+def _units_of(units, region: str):
+    return units.get(region) if isinstance(units, dict) else units
+
+
+def _dimensionless(input_units, output_unit, X, y, train, names, region: str, k: int):
+    """(groups, their values, y / prefactor, the groups' names) for a search of output ``k``
+    over its dimensionless groups, or None (with a warning saying why) when the units allow
+    none or the rows do not (an input raised to a negative power is 0 somewhere)."""
+    groups = dimensions.groups(input_units, output_unit)
+    if groups is None:
+        warnings.warn(
+            f"target {region!r}, output {k}: no product of powers of the inputs has the unit "
+            f"{output_unit!r} (a dimensional constant is missing from the inputs, or a unit is "
+            "wrong); the output is searched without its units", stacklevel=4)
+        return None
+    groups = groups.fitted(X[train], y[train])
+    G, P = groups.values(X)
+    if not (np.all(np.isfinite(G)) and np.all(np.isfinite(P)) and np.all(P != 0)):
+        warnings.warn(
+            f"target {region!r}, output {k}: the dimensionless groups are not finite on every "
+            "recorded row (an input raised to a negative or fractional power is 0 or negative "
+            "there); the output is searched without its units", stacklevel=4)
+        return None
+    gnames, i = [], 0  # never an input's name or a name of the grammar
+    for _ in range(G.shape[1]):
+        while f"pi{i}" in names or reserved(f"pi{i}"):
+            i += 1
+        gnames.append(f"pi{i}")
+        i += 1
+    return groups, G, y / P, gnames
+
+
+def _dimensionless_composed(units_plan, runs, X, y, train, val, names, symbols) -> list:
+    """The searches over the dimensionless groups, composed into equations of the inputs
+    (``P(x) * g(pi(x))``, every equation of their front) and scored on the output's rows."""
+    groups, G, Ly, gnames = units_plan
+    prefactor = groups.prefactor_text(names)
+    if not gnames:  # no group: the output is the prefactor times a constant
+        P = y / Ly
+        c = float(np.dot(P[train], y[train]) / np.dot(P[train], P[train]))
+        texts = [f"({c!r})*({prefactor})"]
+    else:
+        gsyms = [variable(n) for n in gnames]
+        scored = [c for j, s in runs if j.dimensionless for c in (s.scored or [])]
+        if not scored:
+            return []
+        front = front_of_scored(scored, gsyms, Ly[train], Ly[val])
+        definitions = dict(zip(gnames, groups.group_texts(names)))
+        texts = [f"({prefactor})*({rewrite_variables(e.text(), definitions, names)})"
+                 for e in front]
+    found, _ = score_texts(texts, symbols, X[val], y[val], X[train],
                            scale=float(np.std(y[train])) or 1.0)
     return [s for _, s in found]
 
@@ -790,6 +924,8 @@ def search_records(runs: list[tuple[Job, Searched]], front: list) -> list[dict]:
         })
         if job.part is not None:  # a part of the decomposition: its equations are composed
             out[-1].update(part=job.part, variables=list(job.variables), on_front=[])
+        elif job.dimensionless:  # over the dimensionless groups: composed with the prefactor
+            out[-1].update(dimensionless=True, variables=list(job.variables), on_front=[])
     return out
 
 

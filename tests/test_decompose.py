@@ -58,14 +58,17 @@ def test_parts_may_share_an_input():
     assert _shape(d.plan(f, X6[:, :4])) == "(f(x0, x1, x2) + f(x0, x3))"
 
 
-@pytest.mark.parametrize("f", [
-    lambda x: np.sin(x[:, 0] * x[:, 1] + x[:, 2]),
-    lambda x: x[:, 0] / (1 + x[:, 1] ** 2 + x[:, 2] ** 2 * x[:, 0] ** 2),
-    lambda x: np.sqrt(x[:, 0] ** 2 + x[:, 1] ** 2 + x[:, 2] ** 2 - 2 * x[:, 0] * x[:, 1]),
+@pytest.mark.parametrize("f, shape", [
+    (lambda x: np.sin(x[:, 0] * x[:, 1] + x[:, 2]), "f(x0, x1, x2)"),
+    (lambda x: x[:, 0] / (1 + x[:, 1] ** 2 + x[:, 2] ** 2 * x[:, 0] ** 2), "f(x0, x1, x2)"),
+    # no split, but a symmetry: (x0 - x1)^2 + x2^2 under the root
+    (lambda x: np.sqrt(x[:, 0] ** 2 + x[:, 1] ** 2 + x[:, 2] ** 2 - 2 * x[:, 0] * x[:, 1]),
+     "f(x0 - x1, x2)"),
 ], ids=["sin", "rational", "cosine-law"])
-def test_laws_that_do_not_separate_are_left_whole(f):
+def test_laws_that_do_not_separate_are_left_whole(f, shape):
     tree = d.plan(f, X6[:, :3])
-    assert not tree.splits and d.network_error(tree) is None
+    assert not tree.splits and _shape(tree) == shape
+    assert (d.network_error(tree) is None) == (not d.reduced(tree))
 
 
 def test_an_input_the_output_ignores_is_a_constant_part():
@@ -200,3 +203,82 @@ def test_parts_are_also_searched_through_the_output_transforms():
     assert front.info["decomposition"] == "(f(x0) * f(x1))"  # searched: "x0" is far off
     parts = [(s["part"], s["transform"]) for s in front.info["searches"] if "part" in s]
     assert parts == [(0, "identity"), (0, "log"), (1, "identity"), (1, "log")]
+
+
+# ---------------------------------------------------------------------------------------------
+# symmetries (issue 19, item 2): f depends on x_i - x_j, x_i + x_j, x_i x_j or x_i / x_j only
+
+X4 = np.random.default_rng(1).uniform(1, 3, (1500, 4))
+
+
+@pytest.mark.parametrize("f, shape", [
+    (lambda x: np.sqrt((x[:, 1] - x[:, 0]) ** 2 + (x[:, 3] - x[:, 2]) ** 2),
+     "f(x0 - x1, x2 - x3)"),
+    (lambda x: x[:, 0] * x[:, 2] + x[:, 1] * x[:, 3], "f((x0 * x2) + (x1 * x3))"),
+    (lambda x: np.sin(x[:, 0] / x[:, 1]) * np.exp(x[:, 2] + x[:, 3]),
+     "(f(x0 / x1) * f(x2 + x3))"),
+    (lambda x: np.sqrt(x[:, 0] ** 2 + x[:, 1] ** 2
+                       - 2 * x[:, 0] * x[:, 1] * np.cos(x[:, 2] - x[:, 3])),
+     "f(x0, x1, x2 - x3)"),  # Feynman I.29.16
+], ids=["distance", "dot", "ratio-sum", "cosine-law"])
+def test_symmetries_group_the_inputs(f, shape):
+    tree = d.plan(f, X4)
+    assert _shape(tree) == shape
+    assert d.reduced(tree) and d.network_error(tree) is not None
+
+
+OPS = {"-": np.subtract, "+": np.add, "*": np.multiply, "/": np.divide}
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_any_function_of_a_difference_sum_product_or_ratio_is_reduced(data):
+    """f = g(x_i op x_j) (x_k + 2) for random i, j, k, op and g: the pair becomes one variable
+    with that op, and the leaf's rows are searched on its values."""
+    i, j, k = data.draw(st.permutations(range(3)))
+    i, j = sorted((i, j))
+    op = data.draw(st.sampled_from(sorted(OPS)))
+    g = data.draw(st.sampled_from([np.sin, np.tanh, lambda v: np.exp(-v * v / 4),
+                                   lambda v: 1 / (1 + v * v)]))
+
+    def f(x):
+        return g(OPS[op](x[:, i], x[:, j])) * (x[:, k] + 2)
+
+    tree = d.plan(f, X4[:, :3])
+    groups = [u for u in tree.units if u.op is not None]
+    assert [(u.members, u.op) for u in groups] == [((i, j), op)]
+    leaf = next(leaf for leaf in tree.leaves() if {i, j} <= set(leaf.inputs))
+    LX, _ = d.leaf_rows(X4[:, :3], leaf)
+    column = [u.members for u in leaf.units].index((i, j))
+    assert np.allclose(LX[:, column], OPS[op](X4[:, i], X4[:, j]))
+
+
+def test_a_grouped_leaf_is_named_and_put_back_in_the_inputs():
+    tree = d.plan(lambda x: 1 / (1 + (x[:, 0] - x[:, 1]) ** 2 * x[:, 2]), X4[:, :3])
+    assert _shape(tree) == "f(x0 - x1, x2)"
+    (leaf,) = tree.leaves()
+    names = ["x0", "x1", "x2"]
+    assert d.leaf_names(leaf, names) == ["s0", "x2"]
+    assert d.leaf_names(leaf, ["s0", "s1", "x2"]) == ["s2", "x2"]  # never an input's name
+    assert d.in_inputs("1/(1 + s0^2*x2)", leaf, names) == "1/(x2*(x0 - x1)^2 + 1)"
+
+
+def test_a_law_only_the_symmetry_finds():
+    """exp(-(x0 - x1)^2/4) x2/x3: with the same small budget the plain search settles for a
+    look-alike; grouped as f(x0 - x1) * f(x2 / x3), the parts are easy."""
+    x = sympy.symbols("x0:4")
+    law = sympy.exp(-(x[0] - x[1]) ** 2 / 4) * x[2] / x[3]
+    X = np.random.default_rng(0).uniform(1, 5, (1500, 4))
+    got = {}
+    for dec in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sym = sfx.compile(lambda x: np.exp(-(x[:, 0] - x[:, 1]) ** 2 / 4) * x[:, 2] / x[:, 3],
+                              sample_inputs=X, engine=fast_engine(), decompose=dec,
+                              executor="inline", progress=False)
+        got[dec] = sym.equations["function"][0]
+    assert not equivalent(got[False].equation.expr, law, rows=X), got[False]
+    assert equivalent(got[True].equation.expr, law, rows=X), got[True]
+    assert got[True].info["decomposition"] == "(f(x0 - x1) * f(x2 / x3))"
+    parts = [s["variables"] for s in got[True].info["searches"] if "part" in s]
+    assert parts == [["s0"], ["s1"]]

@@ -371,6 +371,17 @@ def fraction(mul: sympy.Mul) -> tuple[list[sympy.Expr], list[sympy.Expr]]:
     return num, den
 
 
+def rewrite_variables(text: str, definitions: Mapping[str, str], names) -> str:
+    """``text`` (an equation over ``names`` and the names ``definitions`` defines) as an
+    equation over ``names`` only: each defined name replaced by its definition, an equation
+    over ``names``. Both are parsed by the grammar; nothing is evaluated."""
+    symbols = {n: variable(n) for n in (*names, *definitions)}
+    expr = parse(text, symbols)
+    subs = {symbols[n]: parse(d, {k: symbols[k] for k in names})
+            for n, d in definitions.items()}
+    return to_text(expr.xreplace(subs))
+
+
 def to_text(expr: sympy.Expr, digits: int | None = None) -> str:
     """Print ``expr`` in the restricted grammar: floats with round-trip precision, or rounded to
     ``digits`` significant digits for display."""

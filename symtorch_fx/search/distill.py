@@ -53,13 +53,25 @@ class Job:
     #: a part of the output's decomposition (``search.decompose``), by its index among the
     #: leaves; its equations are over the part's inputs and are composed, not used as they are
     part: int | None = None
+    #: a search of the output over its dimensionless groups (``search.units``): its equations
+    #: are over the groups and are composed with the prefactor, not used as they are
+    dimensionless: bool = False
+    #: the units of the variables and of ``y`` (``convert(units=)``), for an engine that takes
+    #: them (``with_units``: PySR's ``X_units``/``y_units``)
+    units: tuple[tuple[str, ...], str] | None = None
+
+    @property
+    def whole(self) -> bool:
+        """A search of the output itself over the target's variables."""
+        return self.part is None and not self.dimensionless
 
     @property
     def label(self) -> str:
         return (f"{self.region}[{self.output}]"
-                + (f" restart {self.restart}" if self.restart and self.part is None else "")
+                + (f" restart {self.restart}" if self.restart and self.whole else "")
                 + (f" part {self.part} ({', '.join(self.variables)})"
                    if self.part is not None else "")
+                + (f" over ({', '.join(self.variables)})" if self.dimensionless else "")
                 + ("" if self.transform == IDENTITY else f" ({self.transform} of the output)"))
 
 
@@ -91,8 +103,10 @@ def run_job(engine, job: Job) -> Searched:
     """Runs in a worker: one engine search (of the job's transform of ``y``, mapped back)."""
     start = time.perf_counter()
     t = TRANSFORMS[job.transform]
-    if job.part is not None and hasattr(engine, "for_part"):
+    if not job.whole and hasattr(engine, "for_part"):
         engine = engine.for_part()
+    if job.units is not None and hasattr(engine, "with_units"):
+        engine = engine.with_units(*job.units)
     if t.operators is not None:
         if hasattr(engine, "for_transform"):
             engine = engine.for_transform(t)

@@ -69,6 +69,14 @@ class PySR:
         self.y_units = y_units
         self.kwargs = kwargs
 
+    def with_units(self, X_units, y_units) -> "PySR":
+        """This engine with the units ``convert(units=)`` gives (``X_units``, ``y_units``),
+        unless it was made with units of its own."""
+        engine = copy.copy(self)
+        if engine.X_units is None and engine.y_units is None:
+            engine.X_units, engine.y_units = list(X_units), y_units
+        return engine
+
     def for_transform(self, transform) -> "PySR":
         """This engine for a search of a transform of the output: without ``y_units``."""
         engine = copy.copy(self)
