@@ -123,18 +123,25 @@ def sample(law, n: int, seed: int, out_of_range: bool = False) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=2)
-def law_data(law, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def law_data(law, index: int, noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training rows and labels; ``noise``: Gaussian label noise of that fraction of the
+    labels' standard deviation (the issue's noisy variant: 0.01), fixed per law."""
     X = sample(law, N_POINTS, seed=1000 + index)
     Y = evaluate(law.expr, law.symbols, X)
+    if noise:
+        Y = Y + noise * float(np.std(Y)) * np.random.default_rng(5000 + index).normal(
+            size=Y.shape)
     return torch.tensor(X, dtype=torch.float32), torch.tensor(Y, dtype=torch.float32)[:, None]
 
 
-def train_net(law, index: int, cache: Path | None = None) -> tuple[Model, dict]:
+def train_net(law, index: int, cache: Path | None = None,
+              noise: float = 0.0) -> tuple[Model, dict]:
     """The law's network (trained once, then read from ``cache``, by default
-    ``feynman_suite.cache_dir() / "feynman_nets"``) and its error against the law."""
-    X, Y = law_data(law, index)
+    ``feynman_suite.cache_dir() / "feynman_nets"``) and its error against its labels (with
+    ``noise``, the noisy labels it was trained on: what ``labels=`` measures)."""
+    X, Y = law_data(law, index, noise)
     cache = feynman_suite.cache_dir() / "feynman_nets" if cache is None else cache
-    path = cache / f"{law.name}-{index}.pt"
+    path = cache / (f"{law.name}-{index}.pt" if not noise else f"{law.name}-{index}-noise{noise}.pt")
     stats = (X.shape[1], X.mean(0), X.std(0), Y.mean(0), Y.std(0))
     if path.exists():
         net = Standardized(*stats)
@@ -412,8 +419,9 @@ def score(expr, law) -> dict:
 
 
 def run_law(law, index: int, args, engine_kw: dict) -> dict:
-    model, info = train_net(law, index)
-    X, _ = law_data(law, index)
+    noise = getattr(args, "noise", 0.0)
+    model, info = train_net(law, index, noise=noise)
+    X, _ = law_data(law, index, noise)
     load = os.getloadavg()[0]
     sym, seconds, cpu = distill(model, X, args.restarts, engine_kw, args.seed,
                                 prune=not args.no_prune,
@@ -423,6 +431,7 @@ def run_law(law, index: int, args, engine_kw: dict) -> dict:
         "law": law.name, "index": index, "formula": law.formula, "d": len(law.variables),
         "net": info, "seconds": seconds, "cpu_seconds": cpu, "load": load,
         "restarts": args.restarts, "seed": args.seed, "prune": not args.no_prune,
+        "noise": noise,
         "front": _front_record(front), "jobs": job_records(front),
         "decomposition": front.info.get("decomposition"),
         "composed": front.info.get("composed", []),
@@ -453,8 +462,8 @@ def ablate(rec: dict, law, variants) -> dict[str, dict]:
     the pruned forms (see ``ABLATIONS``), judged like a run's: one record per variant."""
     from symtorch_fx.search.distill import build_front, split_rows
 
-    model, _ = train_net(law, rec["index"])
-    X, _ = law_data(law, rec["index"])
+    model, _ = train_net(law, rec["index"], noise=rec.get("noise", 0.0))
+    X, _ = law_data(law, rec["index"], rec.get("noise", 0.0))
     with torch.no_grad():
         Y = model(X)[:, 0].double().numpy()
     X = X.double().numpy()
@@ -568,6 +577,9 @@ def main(argv=None) -> None:
                         "JSON (after a change to a rule or to the scoring), then print the tables")
     p.add_argument("--no-prune", action="store_true", help="convert(prune=False)")
     p.add_argument("--no-decompose", action="store_true", help="convert(decompose=False)")
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="train on labels with Gaussian noise of this fraction of their standard "
+                        "deviation (the noisy variant: 0.01); scored against the true law")
     p.add_argument("--half", choices=["dev", "test"],
                    help="only the laws of one half of the database (split by a hash of the "
                         "law's name, fixed before anything was tuned on laws of 4+ variables): "
@@ -624,7 +636,8 @@ def main(argv=None) -> None:
         if saved.get("settings") == engine_kw:
             wanted = {law.name for _, law in indexed}
             records = [r for r in saved["records"] if r["law"] in wanted
-                       and r["restarts"] == args.restarts and r.get("seed", 0) == args.seed]
+                       and r["restarts"] == args.restarts and r.get("seed", 0) == args.seed
+                       and r.get("noise", 0.0) == args.noise]
     done = {r["law"] for r in records}
     for i, law in indexed:
         if law.name in done:
