@@ -100,8 +100,12 @@ class Model(nn.Module):
         return self.net(x)
 
 
+#: the grammar's functions that sympy does not know (the logit transform gives sigmoid)
+_OWN = {"sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v))}
+
+
 def evaluate(expr: sympy.Expr, symbols, X: np.ndarray) -> np.ndarray:
-    f = sympy.lambdify(symbols, expr, "numpy")
+    f = sympy.lambdify(symbols, expr, [_OWN, "numpy"])
     with np.errstate(all="ignore"):
         out = np.asarray(f(*X.T))
     if np.iscomplexobj(out):  # e.g. a constant folded under a root: no real value there
@@ -253,7 +257,7 @@ def exact_form(expr, law, seed: int = 11) -> tuple[bool, str]:
     consts = sorted(cur.atoms(sympy.Float), key=str)
     params = sympy.symbols(f"p0:{len(consts)}")
     template = cur.xreplace(dict(zip(consts, params)))
-    f = sympy.lambdify(list(params) + syms, template, "numpy")
+    f = sympy.lambdify(list(params) + syms, template, [_OWN, "numpy"])
 
     def resid(p):
         with np.errstate(all="ignore"):
