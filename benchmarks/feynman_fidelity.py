@@ -561,6 +561,32 @@ def per_law(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def breakdown(records: list[dict]) -> str:
+    """``auto``'s picks by number of variables, by half of the database (``--half``) and in
+    all: laws, recovered, exact form, strict, median and largest wall time."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        for key in (f"{r['d']} variables", f"{_half_of(r['law'])} half",
+                    "1-3 variables" if r["d"] <= 3 else "4-9 variables", "all"):
+            groups.setdefault(key, []).append(r)
+    order = sorted(groups, key=lambda k: (k == "all", not k[0].isdigit() or "-" in k, k))
+    lines = ["| laws | n | recovered | exact form | strict | wall median (max) |",
+             "|---|---|---|---|---|---|"]
+    for key in order:
+        recs = groups[key]
+        got = [r["scored"][str(r["picks"]["auto"])] for r in recs]
+        n = len(recs)
+        counts = [sum(bool(v.get(k, False)) for v in got) for k in ("recovered", "exact", "strict")]
+        secs = [r["seconds"] for r in recs]
+        lines.append(f"| {key} | {n} | " + " | ".join(f"{c}/{n} ({c / n:.0%})" for c in counts)
+                     + f" | {np.median(secs):.0f} s ({max(secs):.0f} s) |")
+    return "\n".join(lines)
+
+
+def _half_of(name: str) -> str:
+    return feynman_suite.half(feynman_suite.Law(name, "", "", (), (), ()))
+
+
 def _short(text: str, digits: int = 4) -> str:
     """An equation's text with its constants rounded for a table."""
     return re.sub(r"\d+\.\d+(e[-+]?\d+)?", lambda m: f"{float(m.group()):.{digits}g}", text)
@@ -620,6 +646,8 @@ def main(argv=None) -> None:
             args.out.write_text(json.dumps(saved, indent=1))
         print(table(saved["records"]))
         print()
+        print(breakdown(saved["records"]))
+        print()
         print(per_law(saved["records"]))
         return
     engine_kw = {}
@@ -656,6 +684,8 @@ def main(argv=None) -> None:
                                            indent=1))
     print()
     print(table(records))
+    print()
+    print(breakdown(records))
     print()
     print(per_law(records))
 
