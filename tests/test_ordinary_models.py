@@ -362,6 +362,9 @@ _CTRL_C = textwrap.dedent('''
         def forward(self, x):
             return self.lin(x)
 
+    # Ctrl-C as a terminal's python gets it, even when this test runs under a runner that
+    # ignores SIGINT (a background job of a non-interactive shell does; a child inherits it)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print("ready", flush=True)
     try:
         sfx.compile(M(), ["lin"], [torch.randn(64, 2)], engine=Stubborn(), restarts=1,
