@@ -24,6 +24,7 @@ from .errors import (
 from .expr.equations import ParetoFront
 from .expr.grammar import (
     check_variable_names,
+    fresh_names,
     reserved,
     rewrite_variables,
     to_text,
@@ -802,13 +803,7 @@ def _dimensionless(input_units, output_unit, X, y, train, names, region: str, k:
             "recorded row (an input raised to a negative or fractional power is 0 or negative "
             "there); the output is searched without its units", stacklevel=4)
         return None
-    gnames, i = [], 0  # never an input's name or a name of the grammar
-    for _ in range(G.shape[1]):
-        while f"pi{i}" in names or reserved(f"pi{i}"):
-            i += 1
-        gnames.append(f"pi{i}")
-        i += 1
-    return groups, G, y / P, gnames
+    return groups, G, y / P, fresh_names("pi", G.shape[1], names)
 
 
 def _dimensionless_composed(units_plan, runs, X, y, train, val, names, symbols) -> list:

@@ -371,6 +371,18 @@ def fraction(mul: sympy.Mul) -> tuple[list[sympy.Expr], list[sympy.Expr]]:
     return num, den
 
 
+def fresh_names(prefix: str, n: int, taken) -> list[str]:
+    """``n`` variable names ``prefix0``, ``prefix1``, ... that are not in ``taken`` and are not
+    functions or constants of the grammar (for variables a pass introduces)."""
+    taken, out, k = set(taken), [], 0
+    while len(out) < n:
+        name = f"{prefix}{k}"
+        if name not in taken and not reserved(name):
+            out.append(name)
+        k += 1
+    return out
+
+
 def rewrite_variables(text: str, definitions: Mapping[str, str], names) -> str:
     """``text`` (an equation over ``names`` and the names ``definitions`` defines) as an
     equation over ``names`` only: each defined name replaced by its definition, an equation

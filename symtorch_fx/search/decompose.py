@@ -139,7 +139,8 @@ def symmetries(oracle, X: np.ndarray, tol: float, spread: float, seed: int = 0,
     residuals = []
     while len(units) > 1:
         best = None
-        ranges = [(float(np.min(u.value(X))), float(np.max(u.value(X)))) for u in units]
+        values = [u.value(X) for u in units]  # each unit's values once per round
+        ranges = [(float(np.min(v)), float(np.max(v))) for v in values]
         for (i, u), (j, v) in itertools.combinations(enumerate(units), 2):
             for op in SYMMETRY_OPS:
                 got = _symmetry_test(oracle, rows, base, u, v, op, ranges[i], ranges[j],
@@ -438,19 +439,11 @@ def leaf_names(leaf: Part, names: list[str]) -> list[str]:
     root = leaf
     while root.parent is not None:
         root = root.parent
-    taken, out = set(names), []
+    from ..expr.grammar import fresh_names
+
     groups = [u for u in root.units if u.op is not None]
-    fresh = []
-    k = 0
-    for _ in groups:
-        while f"s{k}" in taken:
-            k += 1
-        fresh.append(f"s{k}")
-        k += 1
-    by_unit = {id(u): n for u, n in zip(groups, fresh)}
-    for u in leaf.units:
-        out.append(names[u.index] if u.op is None else by_unit[id(u)])
-    return out
+    by_unit = {id(u): n for u, n in zip(groups, fresh_names("s", len(groups), names))}
+    return [names[u.index] if u.op is None else by_unit[id(u)] for u in leaf.units]
 
 
 def in_inputs(text: str, leaf: Part, names: list[str]) -> str:
