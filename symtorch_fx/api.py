@@ -931,7 +931,7 @@ def search_records(runs: list[tuple[Job, Searched]], front: list) -> list[dict]:
         out.append({
             "transform": job.transform, "seed": job.seed, "seconds": round(s.seconds, 3),
             "monomial": s.monomial, "equations": s.texts, "pruned": s.pruned,
-            "error": s.error,
+            "error": s.error, "skipped": s.skipped,
             "on_front": [i for i, t in enumerate(texts) if t in mine],
         })
         if job.part is not None:  # a part of the decomposition: its equations are composed

@@ -8,6 +8,8 @@ import sympy
 import torch
 import torch.nn as nn
 from conftest import Candidates
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import symtorch_fx as sfx
 from symtorch_fx.expr.equations import Equation, ParetoFront
@@ -407,6 +409,53 @@ def test_transforms_need_an_output_of_one_sign():
     sfx.compile(Wrapper(nn.Tanh()), ["net"], xs, engine=engine, executor="inline",
                 transforms=["square", "log"], progress=False)
     assert len(engine.seeds) == 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.floats(1e-300, 1e300), min_size=3, max_size=30),
+       st.lists(st.floats(1e-3, 1e3), min_size=3, max_size=30), st.booleans())
+def test_a_transform_that_applies_gives_finite_values(magnitudes, inputs, negative):
+    """Whatever an output's values (of one sign, from 1e-300 to 1e300) and a positive input,
+    each transform that says it applies gives a finite target, and the scaled ones too over
+    the fitted scale, or run_job skips the search (it never hands the engine an inf)."""
+    from symtorch_fx.search.distill import Job, run_job
+    from symtorch_fx.search.transforms import TRANSFORMS, fit_monomial, monomial
+
+    n = min(len(magnitudes), len(inputs))
+    y = np.asarray(magnitudes[:n]) * (-1 if negative else 1)
+    X = np.asarray(inputs[:n])[:, None]
+    for name, t in TRANSFORMS.items():
+        if not t.applies(y):
+            continue
+        _, m = monomial(fit_monomial(X, y), ["x0"], X) if t.scaled else (None, 1.0)
+        with np.errstate(all="ignore"):
+            target = t.forward(t.sign(y) * y / m)
+        if np.all(np.isfinite(target)):
+            continue
+        engine = BySeed()
+        got = run_job(engine, Job("r", 0, 0, X, y, ["x0"], 0, transform=name,
+                                  sign=t.sign(y)))
+        assert got.skipped and not got.texts and not engine.seeds, name
+
+
+def test_near_zero_outputs_and_steps_are_not_transformed():
+    """An output within rounding of 0 is not of one sign for 1/y or log|y|; a step fitted by a
+    monomial (x^46) is no power-law scale."""
+    from symtorch_fx.search.transforms import (
+        MONOMIAL_MAX_POWER,
+        TRANSFORMS,
+        fit_monomial,
+    )
+
+    y = np.linspace(-0.16, -4.4e-16, 50)
+    assert TRANSFORMS["square"].applies(y)
+    assert not any(TRANSFORMS[n].applies(y) for n in ("inverse", "inverse_square", "log"))
+    assert not TRANSFORMS["log"].applies(np.array([1.0, np.inf, 2.0]))
+    x = np.linspace(1.0, 3.0, 400)
+    step = np.where(x > 2, 1.0, 1e-12)
+    assert fit_monomial(x[:, None], step) == (0,)
+    # a steep but real power law is kept up to the cap
+    assert fit_monomial(x[:, None], x**MONOMIAL_MAX_POWER) == (MONOMIAL_MAX_POWER,)
 
 
 def test_transforms_default_to_the_engines_own_and_are_checked():

@@ -93,6 +93,8 @@ class Searched:
     monomial: str | None = None
     #: why this search gave nothing: it raised twice (see :func:`run_jobs`)
     error: str | None = None
+    #: why this search was not run: its transform of the output is not finite on some row
+    skipped: str | None = None
 
     @property
     def candidates(self) -> list[str]:
@@ -114,7 +116,14 @@ def run_job(engine, job: Job) -> Searched:
             engine = engine.with_operators(t.operators)
     m, m_values = (monomial(fit_monomial(job.X, job.y, job.weights), job.variables, job.X)
                    if t.scaled else (None, 1.0))
-    target = t.forward(job.sign * job.y / m_values)
+    with np.errstate(all="ignore"):
+        target = t.forward(job.sign * job.y / m_values)
+    if not np.all(np.isfinite(target)):
+        # the transform does not apply to these rows after all (the scale divides by an input
+        # near 0, or 1/y^2 overflows): nothing to search, and nothing failed
+        return Searched([], [], time.perf_counter() - start, [] if job.holdout is not None
+                        else None, [], m, skipped=f"{t.name} of the output is not finite on "
+                        "every row")
     texts = engine.search(job.X, target, job.variables, job.seed, job.weights)
     pruned = (prune_candidates(texts, job.X, target, job.variables, job.weights, job.seed)
               if job.prune else [])

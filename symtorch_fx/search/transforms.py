@@ -75,8 +75,14 @@ class Transform:
                         and np.all(y < 1 + UNIT_SLACK))
         if not self.one_sign:
             return True
+        if not np.all(np.isfinite(y)):
+            return False
         if self.nonzero:
-            return bool(np.all(y > 0) or np.all(y < 0))
+            # an output that comes within rounding of 0 is not of one sign for 1/y or log|y|:
+            # 1/y^2 of 4e-16 is 6e30, and the search of it fits those rows alone
+            top = float(np.max(np.abs(y), initial=0.0))
+            return bool((np.all(y > 0) or np.all(y < 0))
+                        and np.min(np.abs(y)) > NONZERO_FLOOR * top)
         return bool((np.all(y >= 0) or np.all(y <= 0)) and np.any(y != 0))
 
     def back(self, text: str, sign: int, scale: str | None = None) -> str:
@@ -92,6 +98,11 @@ _PLAIN = (
     Transform("log", np.log, "exp({f})", nonzero=True,
               operators=ARITHMETIC + ("log",)),
 )
+#: a transform that needs ``y != 0`` (1/y, log|y|) needs ``min|y| > NONZERO_FLOOR * max|y|``
+NONZERO_FLOOR = 1e-9
+#: a fitted power-law scale with a power beyond this is no scale (a step or a bump fitted by
+#: a monomial: ``x^46``); the scaled transforms then divide by nothing
+MONOMIAL_MAX_POWER = 6
 #: the share of an output's rows that must lie in (0, 1) for the logit, and how far past 0 or 1
 #: the others may lie (they are searched at the nearest value inside)
 UNIT_SHARE = 0.98
@@ -125,6 +136,7 @@ def fit_monomial(X: np.ndarray, y: np.ndarray,
 
     On the benchmark's laws the fit returns ``m c^2`` for ``m c^2/sqrt(1 - v^2/c^2)``,
     ``m v`` for ``m v/sqrt(1 - v^2/c^2)`` and ``1/sigma`` for a Gaussian of width ``sigma``.
+    A fit with a power beyond ``MONOMIAL_MAX_POWER`` is not a scale: all powers are then 0.
     """
     X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
     powers = [0] * X.shape[1]
@@ -138,8 +150,9 @@ def fit_monomial(X: np.ndarray, y: np.ndarray,
         A, b = A * root[:, None], b * root
     coef, *_ = np.linalg.lstsq(A, b, rcond=None)
     for k, c in zip(usable, coef[1:]):
-        if np.isfinite(c):
-            powers[k] = int(np.rint(c))
+        if not np.isfinite(c) or abs(c) > MONOMIAL_MAX_POWER + 0.5:
+            return tuple([0] * X.shape[1])
+        powers[k] = int(np.rint(c))
     return tuple(powers)
 
 
