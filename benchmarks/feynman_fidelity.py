@@ -44,6 +44,8 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -390,7 +392,7 @@ def job_records(front) -> list[dict]:
              "seconds": s["seconds"], "monomial": s["monomial"], "texts": s["equations"],
              "pruned": s["pruned"],
              "on_front": s["on_front"], "part": s.get("part"),
-             "variables": s.get("variables")}
+             "variables": s.get("variables"), "dimensionless": s.get("dimensionless", False)}
             for i, s in enumerate(front.info["searches"])]
 
 
@@ -402,13 +404,21 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def choose(front, rule, noise=None) -> int:
-    """The index ``rule`` picks on ``front`` (a sequence of equations, simplest first)."""
-    f = ParetoFront("net", "y0", list(front))
+def choose(front, rule, noise=None, estimate=None) -> int:
+    """The index ``rule`` picks on ``front`` (a sequence of equations, simplest first), with
+    the decomposition's estimate of the network's error when there is one (as ``convert``)."""
+    info = {} if estimate is None else {"network_error_estimate": estimate}
+    f = ParetoFront("net", "y0", list(front), info=info)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _select.apply(f, rule, noise)
     return f.chosen
+
+
+@functools.lru_cache(maxsize=4096)
+def _score_once(expr, law) -> dict:
+    """``score``, once per equation (the variants of ``--ablate`` share most picks)."""
+    return score(expr, law)
 
 
 def score(expr, law) -> dict:
@@ -439,8 +449,44 @@ def run_law(law, index: int, args, engine_kw: dict) -> dict:
         "front": _front_record(front), "jobs": job_records(front),
         "decomposition": front.info.get("decomposition"),
         "composed": front.info.get("composed", []),
+        # what auto weighs besides the front (see select.apply), and the library's own pick:
+        # the rules re-applied by ``judge`` must give the same
+        "network_error_estimate": front.info.get("network_error_estimate"),
+        "chosen": front.chosen,
     }
     return judge(rec, law)
+
+
+def estimate_of(rec: dict, law) -> float | None:
+    """``front.info["network_error_estimate"]`` for a record made before it was recorded:
+    the decomposition's tests run again on the cached network, as ``convert`` ran them (the
+    same rows, held-out split and seed; deterministic). None when the output has no
+    decomposition."""
+    from symtorch_fx import api
+    from symtorch_fx.search import decompose
+    from symtorch_fx.search.distill import split_rows
+
+    model, _ = train_net(law, rec["index"], noise=rec.get("noise", 0.0))
+    X, _ = law_data(law, rec["index"], rec.get("noise", 0.0))
+    with torch.no_grad():
+        Y = model(X).double().numpy()
+    X = X.double().numpy()
+
+    def oracle(rows):
+        with torch.no_grad():
+            return model(torch.as_tensor(rows, dtype=torch.float32)).double().numpy()
+
+    seed = rec.get("seed", 0)
+    train, _ = split_rows(len(X), 0.25, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = api._decompose(oracle, 0, X, Y[:, 0], train, None, api._job_seed(seed, 0, 0, 0))
+    if plan is None:
+        return None
+    est = decompose.network_error(plan[0])
+    if est is None:
+        return None
+    return max(est, api.DECOMPOSE_FLOOR * float(np.var(Y[train, 0])))
 
 
 def _front_record(front) -> list[dict]:
@@ -448,22 +494,42 @@ def _front_record(front) -> list[dict]:
             for e in front]
 
 
-#: the variants ``--ablate`` rebuilds from a run's recorded candidates
-#: (``job["repeat"]``: how many earlier searches of the same output had the same transform)
+#: the variants ``--ablate`` rebuilds from a run's recorded candidates: per variant, which of
+#: the output's own searches stay (``job["repeat"]``: how many earlier searches of the output had
+#: the same transform) and whether with their pruned forms, whether the decomposition's composed
+#: candidates stay (issue 19, items 1-2), and whether ``auto`` keeps its guards for a poor front
+#: (item 6: the estimate of the network's error, the explained-variance guard)
+NEW_TRANSFORMS = ("logit", "inverse")  # issue 19, item 4
+
+
+@dataclass(frozen=True)
+class Variant:
+    keep: Callable[[dict], bool] = lambda job: True
+    pruned: bool = True
+    composed: bool = True
+    guards: bool = True
+
+
 ABLATIONS = {
-    "as run": lambda job: (True, True),
-    "no transforms": lambda job: (job["transform"] == "identity", True),
-    "no pruning": lambda job: (True, False),
-    "neither": lambda job: (job["transform"] == "identity", False),
-    "one search per transform": lambda job: (job["transform"] == "identity"
-                                             or job["repeat"] == 0, True),
-    "no scaled searches": lambda job: (not TRANSFORMS[job["transform"]].scaled, True),
+    "as run": Variant(),
+    "no transforms": Variant(keep=lambda job: job["transform"] == "identity"),
+    "no pruning": Variant(pruned=False),
+    "neither": Variant(keep=lambda job: job["transform"] == "identity", pruned=False),
+    "one search per transform": Variant(keep=lambda job: job["transform"] == "identity"
+                                        or job["repeat"] == 0),
+    "no scaled searches": Variant(keep=lambda job: not TRANSFORMS[job["transform"]].scaled),
+    "no decomposition": Variant(composed=False),
+    "no logit or 1/y": Variant(keep=lambda job: job["transform"] not in NEW_TRANSFORMS),
+    "auto without its poor-front guards": Variant(guards=False),
+    "none of issue 19": Variant(keep=lambda job: job["transform"] not in NEW_TRANSFORMS,
+                                composed=False, guards=False),
 }
 
 
 def ablate(rec: dict, law, variants) -> dict[str, dict]:
-    """``rec``'s front rebuilt from its recorded candidates without some searches or without
-    the pruned forms (see ``ABLATIONS``), judged like a run's: one record per variant."""
+    """``rec``'s front rebuilt from its recorded candidates without some searches, the pruned
+    forms or the decomposition, or judged without ``auto``'s guards (see ``ABLATIONS``),
+    judged like a run's: one record per variant."""
     from symtorch_fx.search.distill import build_front, split_rows
 
     model, _ = train_net(law, rec["index"], noise=rec.get("noise", 0.0))
@@ -472,25 +538,36 @@ def ablate(rec: dict, law, variants) -> dict[str, dict]:
         Y = model(X)[:, 0].double().numpy()
     X = X.double().numpy()
     train, val = split_rows(len(X), 0.25, rec["seed"])
-    out = {k: v for k, v in rec.items() if k not in ("front", "picks", "scored", "jobs")}
+    out = {k: v for k, v in rec.items() if k not in ("front", "picks", "scored", "jobs", "chosen")}
     seen: dict[str, int] = {}
     for job in rec["jobs"]:
         job["repeat"] = seen.get(job["transform"], 0)
         seen[job["transform"]] = job["repeat"] + 1
-    judged = {}
-    for variant in variants:
-        texts = list(rec.get("composed") or [])  # the decomposition's candidates
+    judged, fronts = {}, {}
+    for name in variants:
+        variant = ABLATIONS[name]
+        texts = list(rec.get("composed") or []) if variant.composed else []
         for job in rec["jobs"]:
-            if job.get("part") is not None:
-                continue  # a part's equations are over its own inputs: composed, not used
-            keep, pruned = ABLATIONS[variant](job)
-            if keep:
-                texts += job["texts"] + (job["pruned"] if pruned else [])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            front, _ = build_front(texts, list(law.symbols), X[train], Y[train], X[val], Y[val],
-                                   X)
-        judged[variant] = judge(dict(out, front=_front_record(front)), law, picks_only=True)
+            if job.get("part") is not None or job.get("dimensionless"):
+                continue  # over a part's inputs or the groups: composed, not used as they are
+            if variant.keep(job):
+                texts += job["texts"] + (job["pruned"] if variant.pruned else [])
+        if tuple(texts) not in fronts:  # variants that drop nothing of this law share a front
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fronts[tuple(texts)], _ = build_front(texts, list(law.symbols), X[train],
+                                                      Y[train], X[val], Y[val], X)
+        front = fronts[tuple(texts)]
+        saved = (_select.EXPLAINED_BEST,)
+        try:
+            if not variant.guards:
+                _select.EXPLAINED_BEST = 0.0  # never triggers
+            mine = dict(out, front=_front_record(front))
+            if not variant.guards:
+                mine["network_error_estimate"] = None
+            judged[name] = judge(mine, law, picks_only=True)
+        finally:
+            (_select.EXPLAINED_BEST,) = saved
     return judged
 
 
@@ -507,10 +584,14 @@ def judge(rec: dict, law, picks_only: bool = False) -> dict:
     rules' picks) against the law."""
     front = front_of(rec, law)
     noise = rec["net"]["mse"]  # what labels= measures: the network's MSE against its targets
-    picks = {rule: choose(front, rule) for rule in _select.RULES}
+    est = rec.get("network_error_estimate")
+    picks = {rule: choose(front, rule, estimate=est) for rule in _select.RULES}
     picks["auto + labels"] = choose(front, "auto", noise)
+    if rec.get("chosen") is not None and picks["auto"] != rec["chosen"]:
+        warnings.warn(f"{rec['law']}: auto re-applied picks {picks['auto']}, the run chose "
+                      f"{rec['chosen']}")
     which = sorted(set(picks.values())) if picks_only else range(len(front))
-    scored = {i: score(front[i].expr, law) for i in which}
+    scored = {i: dict(_score_once(front[i].expr, law)) for i in which}
     return dict(rec, picks=picks, scored={str(k): v for k, v in scored.items()})
 
 
@@ -641,6 +722,9 @@ def main(argv=None) -> None:
     if args.rescore:
         saved = json.loads(args.rescore.read_text())
         laws, _ = feynman_suite.load()
+        for r in saved["records"]:  # runs before the estimate was recorded: computed again
+            if "network_error_estimate" not in r:
+                r["network_error_estimate"] = estimate_of(r, laws[r["index"]])
         saved["records"] = [judge(r, laws[r["index"]]) for r in saved["records"]]
         if args.out:
             args.out.write_text(json.dumps(saved, indent=1))
