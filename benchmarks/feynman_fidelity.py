@@ -221,6 +221,30 @@ def _closed_form(v: float) -> sympy.Expr:
     return sympy.Float(v)
 
 
+def _moved(e, syms, X_in, ref, spread) -> float:
+    """How far ``e`` is from the values ``ref`` on ``X_in``: RMS over ``spread``."""
+    if e.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
+        return math.inf
+    d = evaluate(e, syms, X_in) - ref
+    return math.sqrt(float(np.mean(d * d))) / spread if np.all(np.isfinite(d)) else math.inf
+
+
+def _rounded_to_zero(e, syms, X_in, spread, tol):
+    """``e`` with the constants it does not need set to 0 ("rounding to zero"): greedily, the
+    one whose removal moves it least first, as long as the equation stays within ``tol`` of
+    the spread of where it started. The one rule of both :func:`exact_form` and
+    :func:`strict_form`."""
+    ref = evaluate(e, syms, X_in)
+    dist = {c: _moved(e.xreplace({c: sympy.S.Zero}), syms, X_in, ref, spread)
+            for c in e.atoms(sympy.Float)}
+    changed = False
+    for c in sorted(dist, key=dist.get):
+        trial = e.xreplace({c: sympy.S.Zero})
+        if (_moved(trial, syms, X_in, ref, spread) if changed else dist[c]) < tol:
+            e, changed = trial, True
+    return e
+
+
 def exact_form(expr, law, seed: int = 11) -> tuple[bool, str]:
     """(whether ``expr`` has the law's exact form, the law as read off it, or why not).
 
@@ -239,23 +263,10 @@ def exact_form(expr, law, seed: int = 11) -> tuple[bool, str]:
     X_in, X, truth, spread = _exact_form_points(law, seed)
     found = evaluate(expr, syms, X_in)
 
-    def moved(e, ref=found):
-        if e.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
-            return math.inf
-        d = evaluate(e, syms, X_in) - ref
-        return math.sqrt(float(np.mean(d * d))) / spread if np.all(np.isfinite(d)) else math.inf
+    def moved(e):
+        return _moved(e, syms, X_in, found, spread)
 
-    def prune(e, tol, ref=None):
-        ref = evaluate(e, syms, X_in) if ref is None else ref
-        dist = {c: moved(e.xreplace({c: sympy.S.Zero}), ref) for c in e.atoms(sympy.Float)}
-        changed = False
-        for c in sorted(dist, key=dist.get):
-            trial = e.xreplace({c: sympy.S.Zero})
-            if (moved(trial, ref) if changed else dist[c]) < tol:
-                e, changed = trial, True
-        return e
-
-    cur = prune(expr, PRUNE_TOL / 2, found)
+    cur = _rounded_to_zero(expr, syms, X_in, spread, PRUNE_TOL / 2)
     consts = sorted(cur.atoms(sympy.Float), key=str)
     params = sympy.symbols(f"p0:{len(consts)}")
     template = cur.xreplace(dict(zip(consts, params)))
@@ -279,7 +290,7 @@ def exact_form(expr, law, seed: int = 11) -> tuple[bool, str]:
     shift = moved(refit)
     if shift >= PRUNE_TOL:
         return False, f"only a refit that moves it {shift:.1%} of the spread matches"
-    closed = sympy.simplify(prune(refit, 1e-9))
+    closed = sympy.simplify(_rounded_to_zero(refit, syms, X_in, spread, 1e-9))
     closed = closed.xreplace({c: _closed_form(float(c)) for c in closed.atoms(sympy.Float)})
     # the database's variables are positive (or, for angles, non-negative): say so to sympy
     pos = {x: sympy.Symbol(x.name, positive=True) for x in syms}
@@ -313,22 +324,12 @@ def _nearest_closed_form(v: float) -> sympy.Expr | None:
 
 def strict_form(expr, law, seed: int = 11) -> tuple[bool, str]:
     """(whether ``expr`` is the law with its constants as found, and why not): the constants
-    whose removal moves it less than ``PRUNE_TOL / 2`` of the truth's spread are dropped (one at
-    a time, as in :func:`exact_form`), every other one is replaced by the nearest closed form
+    whose removal moves it less than ``PRUNE_TOL / 2`` of the truth's spread are dropped (the
+    same rule as :func:`exact_form`'s, :func:`_rounded_to_zero`), every other one is replaced by the nearest closed form
     within ``STRICT_TOL`` (1%), and sympy must find the result equal to the law. No refit."""
     syms = law.symbols
     X_in, _, _, spread = _exact_form_points(law, seed)
-    found = evaluate(expr, syms, X_in)
-    e = expr
-    for c in sorted(expr.atoms(sympy.Float), key=lambda f: abs(float(f))):
-        if c not in e.atoms(sympy.Float):
-            continue
-        trial = e.xreplace({c: sympy.S.Zero})
-        if trial.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
-            continue
-        d = evaluate(trial, syms, X_in) - found
-        if np.all(np.isfinite(d)) and math.sqrt(float(np.mean(d * d))) / spread < PRUNE_TOL / 2:
-            e = trial
+    e = _rounded_to_zero(expr, syms, X_in, spread, PRUNE_TOL / 2)
     snaps = {}
     for c in e.atoms(sympy.Float):
         closed = _nearest_closed_form(float(c))

@@ -747,10 +747,9 @@ def _composed(plan, runs, X, y, train, val, names, symbols, prune: bool = True) 
                               scale=float(np.std(Ly[train])) or 1.0)
         scored = scored + [s for _, s in poly]
         front = front_of_scored(scored, lsyms, Ly[train], Ly[val])
-        ok = [e.finite for e in front]
-        if not any(ok):
+        if not any(e.finite for e in front):
             return []
-        auto, best = (decomposition.in_inputs(front[rules._pick(front, rule, ok)].text(), leaf,
+        auto, best = (decomposition.in_inputs(front[rules.pick(front, rule)].text(), leaf,
                                               list(names)) for rule in ("auto", "accuracy"))
         picks.append((id(leaf), auto, best))
     combos = [{lid: a for lid, a, _ in picks}, {lid: b for lid, _, b in picks}]

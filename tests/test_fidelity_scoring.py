@@ -109,3 +109,45 @@ def test_a_sympy_confirmation_that_runs_too_long_is_stopped(monkeypatch):
     t0 = time.perf_counter()
     assert fid._sympy_zero([sympy.Symbol("y")], 0.5) is None
     assert time.perf_counter() - t0 < 30
+
+
+@pytest.mark.parametrize("name, text, strict", [
+    ("I.12.4", "0.0795814*x0/(x1*x2^2)", True),  # 1/(4 pi), 0.01% off
+    # a constant that removing barely moves, rounded to zero by the same rule as exact_form's
+    ("I.12.4", "0.0795814*x0/(x1*x2^2) + 1e-6", True),
+    ("I.6.2a", "0.3989492*exp(-0.5000084*x0^2)", True),
+    # exact form (the refit moves the constants 2%), but not as found
+    ("I.12.4", "0.0812*x0/(x1*x2^2)", False),
+    # the over-parametrized form is the law only after a refit
+    ("II.11.28", "-2.004 + 3.362e+04/(-3727*x0*x1 + 1.119e+04)", False),
+])
+def test_strict_form_takes_the_constants_as_found(name, text, strict):
+    expr, law = found(name, text)
+    assert fid.strict_form(expr, law)[0] == strict
+    # strict implies exact: the two share the rounding to zero
+    if strict:
+        assert fid.exact_form(expr, law)[0]
+
+
+def test_both_forms_round_to_zero_by_one_rule():
+    """A constant whose removal moves the equation under the tolerance goes, the others stay;
+    after one goes, the next is judged against where the equation started."""
+    law = LAWS["I.12.4"]
+    x0, x1, x2 = law.symbols
+    X_in = fid.sample(law, 500, seed=3)
+    base = sympy.Float(0.0795814) * x0 / (x1 * x2**2)
+    spread = float(np.std(fid.evaluate(base, law.symbols, X_in)))
+    tiny, small = sympy.Float(1e-7), sympy.Float(0.3 * spread)
+    e = base + tiny + small * sympy.sin(x0)
+    got = fid._rounded_to_zero(e, law.symbols, X_in, spread, fid.PRUNE_TOL / 2)
+    assert tiny not in got.atoms(sympy.Float) and small in got.atoms(sympy.Float)
+    # each drop alone is under the tolerance, both together are not: only one goes
+    a, b = sympy.Float(0.004 * spread), sympy.Float(0.0005 * spread)
+    e = base + a * x0 + b * x0**2
+    ref = fid.evaluate(e, law.symbols, X_in)
+    alone = [fid._moved(e.xreplace({c: 0}), law.symbols, X_in, ref, spread) for c in (a, b)]
+    together = fid._moved(e.xreplace({a: 0, b: 0}), law.symbols, X_in, ref, spread)
+    tol = (max(alone) + together) / 2
+    assert max(alone) < tol < together
+    got = fid._rounded_to_zero(e, law.symbols, X_in, spread, tol)
+    assert len({a, b} & got.atoms(sympy.Float)) == 1

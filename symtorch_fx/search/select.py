@@ -135,6 +135,14 @@ def _pick(front: Sequence[Equation], rule, allowed: list[bool], noise: float | N
     )
 
 
+def pick(equations: Sequence[Equation], rule, noise: float | None = None,
+         estimate: float | None = None) -> int:
+    """The index ``rule`` chooses among the finite ones of ``equations`` (simplest first), with
+    no warning and nothing recorded: for a front that replaces nothing (a part of a decomposed
+    output). ``apply`` is the same choice for a region's front."""
+    return _pick(equations, rule, [e.finite for e in equations], noise, estimate)
+
+
 def rule_name(rule) -> str:
     if isinstance(rule, str):
         return rule
