@@ -61,9 +61,9 @@ def test_parts_may_share_an_input():
 @pytest.mark.parametrize("f, shape", [
     (lambda x: np.sin(x[:, 0] * x[:, 1] + x[:, 2]), "f(x0, x1, x2)"),
     (lambda x: x[:, 0] / (1 + x[:, 1] ** 2 + x[:, 2] ** 2 * x[:, 0] ** 2), "f(x0, x1, x2)"),
-    # no split, but a symmetry: (x0 - x1)^2 + x2^2 under the root
+    # no split, but symmetries: a difference, then a rotation of it and x2
     (lambda x: np.sqrt(x[:, 0] ** 2 + x[:, 1] ** 2 + x[:, 2] ** 2 - 2 * x[:, 0] * x[:, 1]),
-     "f(x0 - x1, x2)"),
+     "f(sqrt((x0 - x1)^2 + x2^2))"),
 ], ids=["sin", "rational", "cosine-law"])
 def test_laws_that_do_not_separate_are_left_whole(f, shape):
     tree = d.plan(f, X6[:, :3])
@@ -213,28 +213,30 @@ X4 = np.random.default_rng(1).uniform(1, 3, (1500, 4))
 
 @pytest.mark.parametrize("f, shape", [
     (lambda x: np.sqrt((x[:, 1] - x[:, 0]) ** 2 + (x[:, 3] - x[:, 2]) ** 2),
-     "f(x0 - x1, x2 - x3)"),
+     "f(sqrt((x0 - x1)^2 + (x2 - x3)^2))"),
+    (lambda x: x[:, 0] * (x[:, 1] ** 2 + x[:, 2] ** 2 + x[:, 3] ** 2) / 2,
+     "(f(x0) * f(sqrt(x1^2 + x2^2 + x3^2)))"),  # Feynman I.13.4: a speed from 3 components
     (lambda x: x[:, 0] * x[:, 2] + x[:, 1] * x[:, 3], "f((x0 * x2) + (x1 * x3))"),
     (lambda x: np.sin(x[:, 0] / x[:, 1]) * np.exp(x[:, 2] + x[:, 3]),
      "(f(x0 / x1) * f(x2 + x3))"),
     (lambda x: np.sqrt(x[:, 0] ** 2 + x[:, 1] ** 2
                        - 2 * x[:, 0] * x[:, 1] * np.cos(x[:, 2] - x[:, 3])),
      "f(x0, x1, x2 - x3)"),  # Feynman I.29.16
-], ids=["distance", "dot", "ratio-sum", "cosine-law"])
+], ids=["distance", "speed", "dot", "ratio-sum", "cosine-law"])
 def test_symmetries_group_the_inputs(f, shape):
     tree = d.plan(f, X4)
     assert _shape(tree) == shape
     assert d.reduced(tree) and d.network_error(tree) is not None
 
 
-OPS = {"-": np.subtract, "+": np.add, "*": np.multiply, "/": np.divide}
+OPS = {"-": np.subtract, "+": np.add, "*": np.multiply, "/": np.divide, "hypot": np.hypot}
 
 
 @settings(max_examples=20, deadline=None)
 @given(data=st.data())
-def test_any_function_of_a_difference_sum_product_or_ratio_is_reduced(data):
-    """f = g(x_i op x_j) (x_k + 2) for random i, j, k, op and g: the pair becomes one variable
-    with that op, and the leaf's rows are searched on its values."""
+def test_any_function_of_a_difference_sum_product_ratio_or_norm_is_reduced(data):
+    """f = g(x_i op x_j) (x_k + 2) for random i, j, k, op (one of SYMMETRY_OPS) and g: the pair
+    becomes one variable with that op, and the leaf's rows are searched on its values."""
     i, j, k = data.draw(st.permutations(range(3)))
     i, j = sorted((i, j))
     op = data.draw(st.sampled_from(sorted(OPS)))
@@ -253,6 +255,47 @@ def test_any_function_of_a_difference_sum_product_or_ratio_is_reduced(data):
     assert np.allclose(LX[:, column], OPS[op](X4[:, i], X4[:, j]))
 
 
+def _unit_trees(n: int):
+    leaves = st.integers(0, n - 1).map(lambda i: d.Unit(index=i))
+
+    def grow(children):
+        return st.tuples(st.sampled_from(d.SYMMETRY_OPS), children, children).map(
+            lambda t: d.Unit(t[0], left=t[1], right=t[2]))
+
+    return st.recursive(leaves, grow, max_leaves=4).filter(
+        lambda u: len(set(u.members)) == len(u.members))  # each input once
+
+
+@settings(max_examples=100, deadline=None)
+@given(_unit_trees(4), st.integers(0, 2**32 - 1))
+def test_a_unit_is_set_to_any_value_it_can_take(unit, seed):
+    """set_to moves only the unit's leftmost input and gives the unit the values asked for,
+    on every row where some value of that input gives them (NaN elsewhere)."""
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(0.5, 3, (200, 4))
+    target = unit.value(rng.uniform(0.5, 3, (200, 4)))
+    moved = unit.set_to(X, target)
+    lead = _leftmost(unit)
+    assert np.array_equal(np.delete(moved, lead, 1), np.delete(X, lead, 1))
+    ok = np.isfinite(moved[:, lead])
+    with np.errstate(all="ignore"):
+        got = unit.value(moved)
+    assert np.allclose(got[ok], target[ok], rtol=1e-8, atol=1e-10)
+    if "hypot" not in repr(unit) and np.all(np.isfinite(target)):
+        assert ok.all()  # only a distance can be out of reach of one of its components
+
+
+def _leftmost(unit: d.Unit) -> int:
+    while unit.op is not None:
+        unit = unit.left
+    return unit.index
+
+
+def test_a_sum_of_squares_with_other_weights_is_no_rotation():
+    tree = d.plan(lambda x: x[:, 0] ** 2 + 2 * x[:, 1] ** 2, X4[:, :2])
+    assert all(u.op != "hypot" for u in tree.units)
+
+
 def test_a_grouped_leaf_is_named_and_put_back_in_the_inputs():
     tree = d.plan(lambda x: 1 / (1 + (x[:, 0] - x[:, 1]) ** 2 * x[:, 2]), X4[:, :3])
     assert _shape(tree) == "f(x0 - x1, x2)"
@@ -261,6 +304,16 @@ def test_a_grouped_leaf_is_named_and_put_back_in_the_inputs():
     assert d.leaf_names(leaf, names) == ["s0", "x2"]
     assert d.leaf_names(leaf, ["s0", "s1", "x2"]) == ["s2", "x2"]  # never an input's name
     assert d.in_inputs("1/(1 + s0^2*x2)", leaf, names) == "1/(x2*(x0 - x1)^2 + 1)"
+
+
+def test_a_norm_is_one_variable_of_its_leaf():
+    tree = d.plan(lambda x: x[:, 2] / (1 + x[:, 0] ** 2 + x[:, 1] ** 2), X4[:, :3])
+    assert _shape(tree) == "(f(sqrt(x0^2 + x1^2)) * f(x2))"
+    leaf = next(leaf for leaf in tree.leaves() if 0 in leaf.inputs)
+    assert d.leaf_names(leaf, NAMES[:3]) == ["s0"]
+    assert d.in_inputs("1/(1 + s0^2)", leaf, NAMES[:3]) == "1/(x0^2 + x1^2 + 1)"
+    LX, _ = d.leaf_rows(X4[:, :3], leaf)
+    assert np.allclose(LX[:, 0], np.hypot(X4[:, 0], X4[:, 1]))
 
 
 def test_a_law_only_the_symmetry_finds():

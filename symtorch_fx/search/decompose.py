@@ -45,15 +45,18 @@ MAX_SHARED = 1
 SYMMETRY_RATIO = 0.1
 #: rows per symmetry test
 SYMMETRY_ROWS = 512
-#: the symmetries tested: ``f`` depends on ``u - v``, ``u + v``, ``u * v`` or ``u / v`` only
-SYMMETRY_OPS = ("-", "+", "*", "/")
+#: the symmetries tested: ``f`` depends on ``u - v``, ``u + v``, ``u * v``, ``u / v`` or
+#: ``sqrt(u^2 + v^2)`` (a rotation of the pair: a distance, a speed from its components) only
+SYMMETRY_OPS = ("-", "+", "*", "/", "hypot")
+#: a rotation test tries this many angles per row for one that keeps the pair in its ranges
+ROTATION_TRIES = 16
 
 
 @dataclass(frozen=True, eq=False)
 class Unit:
     """A variable of the search after symmetry reduction: one input (``op`` None), or
-    ``left op right`` of two units. Its value is affine in its ``handle`` (its leftmost input),
-    which is how a test or a row sets it to a given value."""
+    ``left op right`` of two units (``op`` one of ``SYMMETRY_OPS``). A test or a row sets it to
+    a given value through its leftmost input (:meth:`set_to`)."""
 
     op: str | None = None
     index: int = -1
@@ -66,36 +69,45 @@ class Unit:
             return (self.index,)
         return tuple(sorted(self.left.members + self.right.members))
 
-    @property
-    def handle(self) -> int:
-        return self.index if self.op is None else self.left.handle
-
     def value(self, X: np.ndarray) -> np.ndarray:
         if self.op is None:
             return X[:, self.index]
         a, b = self.left.value(X), self.right.value(X)
         with np.errstate(all="ignore"):
+            if self.op == "hypot":
+                return np.hypot(a, b)
             return {"-": a - b, "+": a + b, "*": a * b, "/": a / b}[self.op]
 
     def text(self, names: list[str]) -> str:
         if self.op is None:
             return names[self.index]
+        if self.op == "hypot":  # a rotation of rotations is one norm: sqrt(a^2 + b^2 + c^2)
+            parts = sorted(self._components(), key=lambda w: w.members)
+            return f"sqrt({' + '.join(f'{w.text(names)}^2' for w in parts)})"
         return f"({self.left.text(names)} {self.op} {self.right.text(names)})"
 
+    def _components(self) -> list[Unit]:
+        if self.op != "hypot":
+            return [self]
+        return self.left._components() + self.right._components()
+
     def set_to(self, X: np.ndarray, target: np.ndarray) -> np.ndarray:
-        """``X`` with the handle moved so that this unit takes the values ``target``."""
-        out = X.copy()
+        """``X`` with its leftmost input moved so that this unit takes the values ``target``
+        (NaN on rows where no value does: a distance shorter than its other component)."""
         if self.op is None:
+            out = X.copy()
             out[:, self.index] = target
             return out
-        h = self.handle
-        z0 = self.value(X)
-        bumped = X.copy()
-        bumped[:, h] += 1.0
+        b = self.right.value(X)
         with np.errstate(all="ignore"):
-            slope = self.value(bumped) - z0
-            out[:, h] = X[:, h] + (target - z0) / slope
-        return out
+            if self.op == "hypot":
+                a = self.left.value(X)
+                side = np.where(a < 0, -1.0, 1.0)
+                want = side * np.sqrt(np.square(target) - np.square(b))
+            else:
+                want = {"-": target + b, "+": target - b, "*": target / b,
+                        "/": target * b}[self.op]
+        return self.left.set_to(X, want)
 
 
 def _moves(op: str, u: np.ndarray, v: np.ndarray, ur, vr, rng) -> tuple | None:
@@ -103,6 +115,8 @@ def _moves(op: str, u: np.ndarray, v: np.ndarray, ur, vr, rng) -> tuple | None:
     units' recorded ranges ``ur``/``vr``; None when the test does not apply (a ratio or
     product of units that change sign or touch 0). Additive tests move ``u + s, v -+ s``,
     multiplicative ones ``u e^s, v e^(-+s)``."""
+    if op == "hypot":
+        return _rotations(u, v, ur, vr, rng)
     if op in ("*", "/"):
         if not (ur[0] * ur[1] > 0 and vr[0] * vr[1] > 0):
             return None
@@ -120,11 +134,25 @@ def _moves(op: str, u: np.ndarray, v: np.ndarray, ur, vr, rng) -> tuple | None:
     return nu, nv, step
 
 
+def _rotations(u, v, ur, vr, rng) -> tuple:
+    """``(u', v')`` of the same ``sqrt(u^2 + v^2)``, turned by a random angle that keeps both in
+    their ranges (the first of ``ROTATION_TRIES`` that does; rows with none keep a turn of 0,
+    which the test leaves out), and the angle turned."""
+    radius, angle = np.hypot(u, v), np.arctan2(v, u)
+    turn = np.zeros(len(u))
+    for _ in range(ROTATION_TRIES):
+        trial = rng.uniform(-np.pi, np.pi, len(u))
+        nu, nv = radius * np.cos(angle + trial), radius * np.sin(angle + trial)
+        fits = ((turn == 0) & (nu >= ur[0]) & (nu <= ur[1]) & (nv >= vr[0]) & (nv <= vr[1]))
+        turn = np.where(fits, trial, turn)
+    return radius * np.cos(angle + turn), radius * np.sin(angle + turn), turn
+
+
 def symmetries(oracle, X: np.ndarray, tol: float, spread: float, seed: int = 0,
                ) -> tuple[list[Unit], float | None]:
     """The inputs of ``oracle`` reduced by the symmetries it has (AI Feynman's symmetry tests):
-    while some pair of units ``u, v`` can be moved together, by ``u - v``, ``u + v``, ``u v`` or
-    ``u / v`` held fixed, without moving the output (within ``tol`` of ``spread``, and
+    while some pair of units ``u, v`` can be moved together, by ``u - v``, ``u + v``, ``u v``,
+    ``u / v`` or ``sqrt(u^2 + v^2)`` held fixed, without moving the output (within ``tol`` of ``spread``, and
     ``SYMMETRY_RATIO`` of what moving either alone does), the pair becomes one unit. Returns the
     units (one per input when nothing holds) and the RMS of the accepted tests' residuals (two
     evaluations of the network: about 1.4 times its error), or None."""
@@ -156,7 +184,10 @@ def symmetries(oracle, X: np.ndarray, tol: float, spread: float, seed: int = 0,
             break
         _, r, i, j, op = best
         residuals.append(r)
-        merged = Unit(op, left=units[i], right=units[j])
+        left, right = units[i], units[j]
+        if op in ("+", "*", "hypot"):  # commutative: written in the inputs' order
+            left, right = sorted((left, right), key=lambda w: w.members)
+        merged = Unit(op, left=left, right=right)
         units = [w for k, w in enumerate(units) if k not in (i, j)] + [merged]
     units.sort(key=lambda w: w.members)
     est = float(np.sqrt(np.mean(np.square(residuals)))) if residuals else None
