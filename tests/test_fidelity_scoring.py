@@ -151,3 +151,23 @@ def test_both_forms_round_to_zero_by_one_rule():
     assert max(alone) < tol < together
     got = fid._rounded_to_zero(e, law.symbols, X_in, spread, tol)
     assert len({a, b} & got.atoms(sympy.Float)) == 1
+
+
+def test_the_benchmark_re_applies_auto_as_convert_applies_it():
+    """auto weighs the decomposition's estimate of the network's error (front.info); the
+    benchmark's re-applied rule must give the pick convert made, estimate included."""
+    from symtorch_fx.expr.equations import Equation, ParetoFront
+    from symtorch_fx.search import select
+
+    x = sympy.Symbol("x0", real=True)
+    # a long equation at the network's error, 50x better than a short one: without the
+    # estimate the rate rule keeps the short one; with it, never one 10x worse than the best
+    eqs = [Equation(sympy.Float(1.0), 1, 1.0, (x,)),
+           Equation(x, 3, 2e-3, (x,)),
+           Equation(x + sympy.Float(0.01) * sympy.sin(x) ** 3, 40, 4e-5, (x,))]
+    est = 4e-5
+    front = ParetoFront("net", "y0", list(eqs), info={"network_error_estimate": est})
+    select.apply(front, "auto")
+    assert front.chosen == 2
+    assert fid.choose(eqs, "auto", estimate=est) == front.chosen
+    assert fid.choose(eqs, "auto") == 1  # what the benchmark judged before
