@@ -325,8 +325,9 @@ def _nearest_closed_form(v: float) -> sympy.Expr | None:
 def strict_form(expr, law, seed: int = 11) -> tuple[bool, str]:
     """(whether ``expr`` is the law with its constants as found, and why not): the constants
     whose removal moves it less than ``PRUNE_TOL / 2`` of the truth's spread are dropped (the
-    same rule as :func:`exact_form`'s, :func:`_rounded_to_zero`), every other one is replaced by the nearest closed form
-    within ``STRICT_TOL`` (1%), and sympy must find the result equal to the law. No refit."""
+    same rule as :func:`exact_form`'s, :func:`_rounded_to_zero`), every other one is replaced
+    by the nearest closed form within ``STRICT_TOL`` (1%), and sympy must find the result
+    equal to the law. No refit."""
     syms = law.symbols
     X_in, _, _, spread = _exact_form_points(law, seed)
     e = _rounded_to_zero(expr, syms, X_in, spread, PRUNE_TOL / 2)
@@ -393,7 +394,8 @@ def job_records(front) -> list[dict]:
              "seconds": s["seconds"], "monomial": s["monomial"], "texts": s["equations"],
              "pruned": s["pruned"],
              "on_front": s["on_front"], "part": s.get("part"),
-             "variables": s.get("variables"), "dimensionless": s.get("dimensionless", False)}
+             "variables": s.get("variables"), "dimensionless": s.get("dimensionless", False),
+             "error": s.get("error"), "skipped": s.get("skipped")}
             for i, s in enumerate(front.info["searches"])]
 
 
@@ -461,11 +463,16 @@ def run_law(law, index: int, args, engine_kw: dict) -> dict:
 def estimate_of(rec: dict, law) -> float | None:
     """``front.info["network_error_estimate"]`` for a record made before it was recorded:
     the decomposition's tests run again on the cached network, as ``convert`` ran them (the
-    same rows, held-out split and seed; deterministic). None when the output has no
-    decomposition."""
+    same rows, held-out split and seed; deterministic). None when the run had no
+    decomposition (``decompose=False``, or the oracle was refused). A warning when today's
+    decomposition is not the one recorded (a record of older code)."""
     from symtorch_fx import api
     from symtorch_fx.search import decompose
     from symtorch_fx.search.distill import split_rows
+
+    if not rec.get("decomposition"):
+        return None
+    torch.set_num_threads(1)  # as the run
 
     model, _ = train_net(law, rec["index"], noise=rec.get("noise", 0.0))
     X, _ = law_data(law, rec["index"], rec.get("noise", 0.0))
@@ -484,6 +491,11 @@ def estimate_of(rec: dict, law) -> float | None:
         plan = api._decompose(oracle, 0, X, Y[:, 0], train, None, api._job_seed(seed, 0, 0, 0))
     if plan is None:
         return None
+    recorded = rec["decomposition"].split(" (parts not searched")[0]
+    now = plan[0].describe([f"x{i}" for i in range(X.shape[1])])
+    if now != recorded:
+        warnings.warn(f"{rec['law']}: the decomposition is {now} today, {recorded} in the "
+                      "record; its estimate may differ from the run's")
     est = decompose.network_error(plan[0])
     if est is None:
         return None
@@ -495,16 +507,19 @@ def _front_record(front) -> list[dict]:
             for e in front]
 
 
-#: the variants ``--ablate`` rebuilds from a run's recorded candidates: per variant, which of
-#: the output's own searches stay (``job["repeat"]``: how many earlier searches of the output had
-#: the same transform) and whether with their pruned forms, whether the decomposition's composed
-#: candidates stay (issue 19, items 1-2), and whether ``auto`` keeps its guards for a poor front
-#: (item 6: the estimate of the network's error, the explained-variance guard)
-NEW_TRANSFORMS = ("logit", "inverse")  # issue 19, item 4
+#: the output transforms issue 19 added (item 4)
+NEW_TRANSFORMS = ("logit", "inverse")
 
 
 @dataclass(frozen=True)
 class Variant:
+    """A variant ``--ablate`` rebuilds from a run's recorded candidates: which of the output's
+    own searches stay (``job["repeat"]``: how many earlier searches of the output had the same
+    transform) and whether with their pruned forms, whether the decomposition's composed
+    candidates stay (issue 19, items 1-2; without them there is no estimate of the network's
+    error either), and whether ``auto`` keeps its guards for a poor front (item 6: the
+    estimate, the explained-variance guard)."""
+
     keep: Callable[[dict], bool] = lambda job: True
     pruned: bool = True
     composed: bool = True
@@ -540,6 +555,8 @@ def ablate(rec: dict, law, variants) -> dict[str, dict]:
     X = X.double().numpy()
     train, val = split_rows(len(X), 0.25, rec["seed"])
     out = {k: v for k, v in rec.items() if k not in ("front", "picks", "scored", "jobs", "chosen")}
+    if "network_error_estimate" not in out:  # a record of older code: as --rescore does
+        out["network_error_estimate"] = estimate_of(rec, law)
     seen: dict[str, int] = {}
     for job in rec["jobs"]:
         job["repeat"] = seen.get(job["transform"], 0)
@@ -559,16 +576,17 @@ def ablate(rec: dict, law, variants) -> dict[str, dict]:
                 fronts[tuple(texts)], _ = build_front(texts, list(law.symbols), X[train],
                                                       Y[train], X[val], Y[val], X)
         front = fronts[tuple(texts)]
-        saved = (_select.EXPLAINED_BEST,)
+        mine = dict(out, front=_front_record(front))
+        if not variant.guards or not variant.composed:
+            # without the decomposition there is no estimate of the network's error either
+            mine["network_error_estimate"] = None
+        explained = _select.EXPLAINED_BEST
         try:
             if not variant.guards:
-                _select.EXPLAINED_BEST = 0.0  # never triggers
-            mine = dict(out, front=_front_record(front))
-            if not variant.guards:
-                mine["network_error_estimate"] = None
+                _select.EXPLAINED_BEST = -math.inf  # never triggers
             judged[name] = judge(mine, law, picks_only=True)
         finally:
-            (_select.EXPLAINED_BEST,) = saved
+            _select.EXPLAINED_BEST = explained
     return judged
 
 
@@ -721,6 +739,7 @@ def main(argv=None) -> None:
             print(f"\nauto exact: {' '.join(exact)}\n", flush=True)
         return
     if args.rescore:
+        torch.set_num_threads(1)
         saved = json.loads(args.rescore.read_text())
         laws, _ = feynman_suite.load()
         for r in saved["records"]:  # runs before the estimate was recorded: computed again

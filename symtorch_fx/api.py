@@ -534,7 +534,8 @@ def distill_recordings(
                                  holdout=(LX[val], Ly[val]), part=li))
                 r += 1
     if parts:
-        searched = searched + run_jobs(engine, parts, executor=executor, progress=progress)
+        searched = searched + run_jobs(engine, parts, executor=executor, progress=progress,
+                                       extra=True)
         jobs = jobs + parts
     try:
         return _results_of(regions, recorders, data, jobs, searched, engine, selection, noise,

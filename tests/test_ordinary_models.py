@@ -422,3 +422,34 @@ def test_impossible_inputs_are_named(make, word):
     prepared = sfx.prepare(nn.Sequential(nn.Identity(), nn.Identity()), ["0"])
     with pytest.raises(sfx.SymTorchFXError, match=word):
         prepared.eval()(make())
+
+
+class WholeOnly:
+    """An engine that answers a search of the whole output poorly and breaks on any other (a
+    decomposition's part, searched over the part's own inputs)."""
+
+    name = "whole-only"
+    parallel_jobs = False
+
+    def check(self):
+        pass
+
+    def search(self, X, y, variables, seed, weights=None):
+        if list(variables) != ["x0", "x1"]:
+            raise RuntimeError(f"cannot search over {variables}")
+        return ["exp(x1)"]
+
+
+def test_parts_that_all_fail_leave_the_first_round_standing():
+    """The decomposition's parts are a second round: when every one of them raises, the
+    output keeps what its own searches found, with a warning (it used to raise)."""
+    X = torch.rand(400, 2) + 1
+    with pytest.warns(RuntimeWarning, match="dropped.*part"):
+        sym = sfx.compile(lambda x: torch.sin(x[:, :1]) * torch.exp(x[:, 1:2]), sample_inputs=X,
+                          engine=WholeOnly(), restarts=1, transforms=(), executor="inline",
+                          progress=False)
+    front = sym.equations["function"][0]
+    assert front.info["decomposition"] == "(f(x0) * f(x1))"
+    assert "exp(x1)" in [e.text() for e in front]
+    searches = front.info["searches"]
+    assert [s["error"] is None for s in searches] == [True] + [False] * (len(searches) - 1)

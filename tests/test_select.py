@@ -450,7 +450,8 @@ def test_near_zero_outputs_and_steps_are_not_transformed():
     y = np.linspace(-0.16, -4.4e-16, 50)
     assert TRANSFORMS["square"].applies(y)
     assert not any(TRANSFORMS[n].applies(y) for n in ("inverse", "inverse_square", "log"))
-    assert not TRANSFORMS["log"].applies(np.array([1.0, np.inf, 2.0]))
+    assert not TRANSFORMS["square"].applies(np.array([1.0, np.inf, 2.0]))
+    assert not TRANSFORMS["log"].applies(np.array([]))
     x = np.linspace(1.0, 3.0, 400)
     step = np.where(x > 2, 1.0, 1e-12)
     assert fit_monomial(x[:, None], step) == (0,)
@@ -462,11 +463,11 @@ def test_transforms_default_to_the_engines_own_and_are_checked():
     xs = torch.rand(400, 2) + 0.5
     own = WhatItSaw(transforms=("log",))
     sfx.compile(Wrapper(Transformed()), ["net"], xs, engine=own, executor="inline",
-                progress=False)
+                progress=False, decompose=False)
     assert len(own.targets) == 2 and np.all(own.targets[1] < 0)  # log(1/sqrt(1 + r^2)) < 0
     told = WhatItSaw(transforms=("log",))
     sfx.compile(Wrapper(Transformed()), ["net"], xs, engine=told, transforms=(),
-                executor="inline", progress=False)
+                executor="inline", progress=False, decompose=False)
     assert len(told.targets) == 1
     assert sfx.Operon().transforms == ("square", "inverse_square", "scaled_inverse_square", "log",
                                        "scaled_log", "logit")

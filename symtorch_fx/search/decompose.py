@@ -50,6 +50,9 @@ SYMMETRY_ROWS = 512
 SYMMETRY_OPS = ("-", "+", "*", "/", "hypot")
 #: a rotation test tries this many angles per row for one that keeps the pair in its ranges
 ROTATION_TRIES = 16
+#: rows a test moves by less than this are left out of it: a shift of 5% of the larger range,
+#: a scaling by e^0.05, a turn of 0.05 rad
+MIN_STEP = 0.05
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,7 +106,9 @@ class Unit:
             if self.op == "hypot":
                 a = self.left.value(X)
                 side = np.where(a < 0, -1.0, 1.0)
-                want = side * np.sqrt(np.square(target) - np.square(b))
+                # a norm is never negative: no component gives it a value below 0
+                want = np.where(target >= 0, side * np.sqrt(np.square(target) - np.square(b)),
+                                np.nan)
             else:
                 want = {"-": target + b, "+": target - b, "*": target / b,
                         "/": target * b}[self.op]
@@ -143,7 +148,8 @@ def _rotations(u, v, ur, vr, rng) -> tuple:
     for _ in range(ROTATION_TRIES):
         trial = rng.uniform(-np.pi, np.pi, len(u))
         nu, nv = radius * np.cos(angle + trial), radius * np.sin(angle + trial)
-        fits = ((turn == 0) & (nu >= ur[0]) & (nu <= ur[1]) & (nv >= vr[0]) & (nv <= vr[1]))
+        fits = ((turn == 0) & (np.abs(trial) > MIN_STEP) & (nu >= ur[0]) & (nu <= ur[1])
+                & (nv >= vr[0]) & (nv <= vr[1]))
         turn = np.where(fits, trial, turn)
     return radius * np.cos(angle + turn), radius * np.sin(angle + turn), turn
 
@@ -152,8 +158,9 @@ def symmetries(oracle, X: np.ndarray, tol: float, spread: float, seed: int = 0,
                ) -> tuple[list[Unit], float | None]:
     """The inputs of ``oracle`` reduced by the symmetries it has (AI Feynman's symmetry tests):
     while some pair of units ``u, v`` can be moved together, by ``u - v``, ``u + v``, ``u v``,
-    ``u / v`` or ``sqrt(u^2 + v^2)`` held fixed, without moving the output (within ``tol`` of ``spread``, and
-    ``SYMMETRY_RATIO`` of what moving either alone does), the pair becomes one unit. Returns the
+    ``u / v`` or ``sqrt(u^2 + v^2)`` held fixed, without moving the output (within ``tol`` of
+    ``spread``, and ``SYMMETRY_RATIO`` of what moving either alone does), the pair becomes one
+    unit. Returns the
     units (one per input when nothing holds) and the RMS of the accepted tests' residuals (two
     evaluations of the network: about 1.4 times its error), or None."""
     rng = np.random.default_rng(seed)
@@ -204,7 +211,7 @@ def _symmetry_test(oracle, rows, base, u: Unit, v: Unit, op, ur, vr, lo, hi, rng
     both = u.set_to(v.set_to(rows, nv), nu)
     only_u, only_v = u.set_to(rows, nu), v.set_to(rows, nv)
     span = max(ur[1] - ur[0], vr[1] - vr[0]) if op in ("-", "+") else 1.0
-    ok = np.abs(step) > 0.05 * span if op in ("-", "+") else np.abs(step) > 0.05
+    ok = np.abs(step) > MIN_STEP * span
     for Z in (both, only_u, only_v):
         with np.errstate(invalid="ignore"):
             ok &= np.all(np.isfinite(Z), axis=1) & np.all((Z >= lo) & (Z <= hi), axis=1)

@@ -117,10 +117,11 @@ def run_job(engine, job: Job) -> Searched:
     m, m_values = (monomial(fit_monomial(job.X, job.y, job.weights), job.variables, job.X)
                    if t.scaled else (None, 1.0))
     with np.errstate(all="ignore"):
-        target = t.forward(job.sign * job.y / m_values)
-    if not np.all(np.isfinite(target)):
-        # the transform does not apply to these rows after all (the scale divides by an input
-        # near 0, or 1/y^2 overflows): nothing to search, and nothing failed
+        scaled = job.sign * job.y / m_values
+        target = t.forward(scaled)
+    if (t.scaled and not t.applies(scaled)) or not np.all(np.isfinite(target)):
+        # the transform does not apply to these rows after all (y over its scale comes within
+        # rounding of 0, or 1/y^2 overflows): nothing to search, and nothing failed
         return Searched([], [], time.perf_counter() - start, [] if job.holdout is not None
                         else None, [], m, skipped=f"{t.name} of the output is not finite on "
                         "every row")
@@ -285,13 +286,16 @@ def resolve_executor(executor, engine, n_jobs: int) -> tuple[cf.Executor, bool]:
 RETRY_SEED = 7919
 
 
-def run_jobs(engine, jobs: list[Job], executor=None, progress: bool = True) -> list[Searched]:
+def run_jobs(engine, jobs: list[Job], executor=None, progress: bool = True,
+             extra: bool = False) -> list[Searched]:
     """Run every job; results in job order.
 
     A search that raises is run once more with another seed; one that fails again is dropped
     with a warning that names it (its output's front is built from its other searches, and
     its record says why it is missing). When every search fails, the first error is raised,
-    naming its job: the engine itself is broken. Ctrl-C cancels what is queued, stops the
+    naming its job: the engine itself is broken; unless the jobs are ``extra`` (a second
+    round, such as a decomposition's parts, after searches that worked): then they are all
+    dropped with the warning, and what the first round found stands. Ctrl-C cancels what is queued, stops the
     workers of a pool this function owns (a process pool's are terminated) and returns at once.
     """
     if not jobs:
@@ -337,7 +341,7 @@ def run_jobs(engine, jobs: list[Job], executor=None, progress: bool = True) -> l
             pool.shutdown(wait=True)
     if errors:
         first, e = next(iter(errors.items()))
-        if len(errors) == len(jobs):
+        if len(errors) == len(jobs) and not extra:
             e.add_note(f"symtorch_fx: raised by the search for {jobs[first].label} (and by "
                        "every other search, each tried twice)")
             raise e

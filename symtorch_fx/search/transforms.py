@@ -69,6 +69,8 @@ class Transform:
     def applies(self, y: np.ndarray) -> bool:
         """Whether these recorded values can be searched through this transform."""
         y = np.asarray(y)
+        if y.size == 0:
+            return False
         if self.unit:  # a network's probability may stray a little past 0 or 1 on a few rows
             inside = (y > 0) & (y < 1)
             return bool(inside.mean() >= UNIT_SHARE and np.all(y > -UNIT_SLACK)
@@ -98,8 +100,10 @@ _PLAIN = (
     Transform("log", np.log, "exp({f})", nonzero=True,
               operators=ARITHMETIC + ("log",)),
 )
-#: a transform that needs ``y != 0`` (1/y, log|y|) needs ``min|y| > NONZERO_FLOOR * max|y|``
-NONZERO_FLOOR = 1e-9
+#: a transform that needs ``y != 0`` (1/y, log|y|) needs ``min|y| > NONZERO_FLOOR * max|y|``:
+#: values closer to 0 are float rounding of a zero (a difference of two evaluations of a
+#: network, 4e-16 next to 0.16), not the tail of a law; a log still sees 27 e-folds of a decay
+NONZERO_FLOOR = 1e-12
 #: a fitted power-law scale with a power beyond this is no scale (a step or a bump fitted by
 #: a monomial: ``x^46``); the scaled transforms then divide by nothing
 MONOMIAL_MAX_POWER = 6
