@@ -4,8 +4,8 @@
     python benchmarks/feynman_fidelity.py --laws I.12.4 II.8.7 --restarts 2 --out r.json
     python benchmarks/feynman_fidelity.py --rescore r.json   # re-apply rules/scoring, no search
 
-For every law of the Feynman suite (``feynman_suite.py``: 35 laws of 1-3 variables), with fixed
-seeds:
+For every law of the Feynman suite (``feynman_suite.py``: the 35 laws of 1-3 variables by
+default, all 77 of 1-9 variables with ``--max-variables 9``), with fixed seeds:
 
 1. sample 8192 points uniformly in the database's ranges and train an MLP on them
    (d -> 64 -> 64 -> 1, SiLU, standardized inputs and outputs inside the model, Adam, 8000 steps of 512 rows);
