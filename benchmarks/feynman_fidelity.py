@@ -467,7 +467,6 @@ def estimate_of(rec: dict, law) -> float | None:
     decomposition (``decompose=False``, or the oracle was refused). A warning when today's
     decomposition is not the one recorded (a record of older code)."""
     from symtorch_fx import api
-    from symtorch_fx.search import decompose
     from symtorch_fx.search.distill import split_rows
 
     if not rec.get("decomposition"):
@@ -496,10 +495,7 @@ def estimate_of(rec: dict, law) -> float | None:
     if now != recorded:
         warnings.warn(f"{rec['law']}: the decomposition is {now} today, {recorded} in the "
                       "record; its estimate may differ from the run's")
-    est = decompose.network_error(plan[0])
-    if est is None:
-        return None
-    return max(est, api.DECOMPOSE_FLOOR * float(np.var(Y[train, 0])))
+    return api._network_error_estimate(plan[0], Y[train, 0])
 
 
 def _front_record(front) -> list[dict]:

@@ -588,10 +588,9 @@ def _results_of(regions, recorders, data, jobs, searched, engine, selection, noi
                 unused = decomposition.ignored(plan[0])
                 if unused:
                     info["ignored_inputs"] = [names[i] for i in unused]
-                est = decomposition.network_error(plan[0])
-                if est is not None:  # not below float64 rounding of the output
-                    info["network_error_estimate"] = max(
-                        est, DECOMPOSE_FLOOR * float(np.var(Y[train, k])))
+                est = _network_error_estimate(plan[0], Y[train, k])
+                if est is not None:
+                    info["network_error_estimate"] = est
             fronts.append(ParetoFront(region.name, out_name, front, info=info))
         floors = _noise_for(noise, region.name, len(fronts), index)
         for front, rule, floor in zip(fronts, rules.per_output(selection, len(fronts)), floors):
@@ -661,6 +660,13 @@ ORACLE_SECONDS = 10.0
 ORACLE_ROWS = 1024
 #: a first timed call (16 rows) quicker than this is mostly overhead: timed again on more rows
 ORACLE_QUICK_CALL = 0.05
+
+
+def _network_error_estimate(root, y_train: np.ndarray) -> float | None:
+    """The decomposition's estimate of the network's error (``front.info``), not below float64
+    rounding of the output, or None."""
+    est = decomposition.network_error(root)
+    return None if est is None else max(est, DECOMPOSE_FLOOR * float(np.var(y_train)))
 
 
 def _checked_oracle(oracle, X: np.ndarray, Y: np.ndarray, index):

@@ -144,14 +144,15 @@ def _rotations(u, v, ur, vr, rng) -> tuple:
     their ranges (the first of ``ROTATION_TRIES`` that does; rows with none keep a turn of 0,
     which the test leaves out), and the angle turned."""
     radius, angle = np.hypot(u, v), np.arctan2(v, u)
-    turn = np.zeros(len(u))
+    turn, new_u, new_v = np.zeros(len(u)), np.array(u, float), np.array(v, float)
     for _ in range(ROTATION_TRIES):
         trial = rng.uniform(-np.pi, np.pi, len(u))
         nu, nv = radius * np.cos(angle + trial), radius * np.sin(angle + trial)
         fits = ((turn == 0) & (np.abs(trial) > MIN_STEP) & (nu >= ur[0]) & (nu <= ur[1])
                 & (nv >= vr[0]) & (nv <= vr[1]))
-        turn = np.where(fits, trial, turn)
-    return radius * np.cos(angle + turn), radius * np.sin(angle + turn), turn
+        turn, new_u, new_v = (np.where(fits, a, b) for a, b in ((trial, turn), (nu, new_u),
+                                                                 (nv, new_v)))
+    return new_u, new_v, turn
 
 
 def symmetries(oracle, X: np.ndarray, tol: float, spread: float, seed: int = 0,
@@ -160,9 +161,8 @@ def symmetries(oracle, X: np.ndarray, tol: float, spread: float, seed: int = 0,
     while some pair of units ``u, v`` can be moved together, by ``u - v``, ``u + v``, ``u v``,
     ``u / v`` or ``sqrt(u^2 + v^2)`` held fixed, without moving the output (within ``tol`` of
     ``spread``, and ``SYMMETRY_RATIO`` of what moving either alone does), the pair becomes one
-    unit. Returns the
-    units (one per input when nothing holds) and the RMS of the accepted tests' residuals (two
-    evaluations of the network: about 1.4 times its error), or None."""
+    unit. Returns the units (one per input when nothing holds) and the RMS of the accepted
+    tests' residuals (two evaluations of the network: about 1.4 times its error), or None."""
     rng = np.random.default_rng(seed)
     X = np.asarray(X, np.float64)
     lo, hi = X.min(axis=0), X.max(axis=0)

@@ -93,7 +93,8 @@ class Searched:
     monomial: str | None = None
     #: why this search gave nothing: it raised twice (see :func:`run_jobs`)
     error: str | None = None
-    #: why this search was not run: its transform of the output is not finite on some row
+    #: why this search was not run: its transform does not apply to the output over its scale,
+    #: or is not finite on some row
     skipped: str | None = None
 
     @property
@@ -123,8 +124,8 @@ def run_job(engine, job: Job) -> Searched:
         # the transform does not apply to these rows after all (y over its scale comes within
         # rounding of 0, or 1/y^2 overflows): nothing to search, and nothing failed
         return Searched([], [], time.perf_counter() - start, [] if job.holdout is not None
-                        else None, [], m, skipped=f"{t.name} of the output is not finite on "
-                        "every row")
+                        else None, [], m, skipped=f"{t.name} does not apply to the output "
+                        "over its scale, or is not finite on every row")
     texts = engine.search(job.X, target, job.variables, job.seed, job.weights)
     pruned = (prune_candidates(texts, job.X, target, job.variables, job.weights, job.seed)
               if job.prune else [])
@@ -295,8 +296,9 @@ def run_jobs(engine, jobs: list[Job], executor=None, progress: bool = True,
     its record says why it is missing). When every search fails, the first error is raised,
     naming its job: the engine itself is broken; unless the jobs are ``extra`` (a second
     round, such as a decomposition's parts, after searches that worked): then they are all
-    dropped with the warning, and what the first round found stands. Ctrl-C cancels what is queued, stops the
-    workers of a pool this function owns (a process pool's are terminated) and returns at once.
+    dropped with the warning, and what the first round found stands. Ctrl-C cancels what is
+    queued, stops the workers of a pool this function owns (a process pool's are terminated)
+    and returns at once.
     """
     if not jobs:
         return []

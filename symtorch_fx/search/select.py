@@ -173,7 +173,7 @@ def apply(front: ParetoFront, rule, noise: float | None = None, warn_far: bool =
         noise = front.info.get("noise")
     estimate = front.info.get("network_error_estimate")
     unrestricted = _pick(front.equations, rule, [True] * len(front), noise, estimate)
-    chosen = _pick(front.equations, rule, [e.finite for e in front], noise, estimate)
+    chosen = pick(front.equations, rule, noise, estimate)
     reference = noise if noise else estimate
     finite = [e.loss for e in front if e.finite]
     if warn_far and reference and finite and min(finite) > FAR_FROM_NETWORK * reference:
