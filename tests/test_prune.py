@@ -62,11 +62,28 @@ def test_weights_decide_which_rows_the_refit_follows():
 
 def test_prune_candidates_walks_texts_near_the_front_and_skips_bad_ones():
     X, y = _data(lambda a, b, c: a * b)
-    texts = ["1.0003*x0*x1 + 0.0002", "x0 + (", "x0*x1 + 0.5*sin(3.1*x2)"]
+    texts = ["1.0003*x0*x1 + 0.0002", "x0 + (", "x0 + 0.5*sin(3.1*x2)"]
     out = prune_candidates(texts, X, y, ["x0", "x1", "x2"], seed=0)
     assert "x0*x1" in out
-    # far from the front (over 3x the best loss at its complexity or below): not walked
-    assert not any("sin" in t for t in out)
+    # far from the front (over 3x the best loss at its complexity or below, polished or not):
+    # not walked (its polished copy, both constants refit, may be offered)
+    assert all(len(parse(t, SYMS).atoms(sympy.Float)) == 2 for t in out if "sin" in t)
+
+
+def test_a_candidate_of_the_law_s_form_is_polished_to_the_law_s_constants():
+    # the engine's constants are off by 0.4% (a few LM steps on a subsample): the polished copy
+    # has the law's, and a candidate that fits already gets no copy
+    law = lambda a, b, c: np.exp(-0.5 * b**2 / a**2) / (np.sqrt(2 * np.pi) * a)  # noqa: E731
+    X, y = _data(law)
+    out = prune_candidates(["0.39987*exp(-0.50188*x1^2/x0^2)/x0", "x0*x1"], X, y,
+                           ["x0", "x1", "x2"], seed=0)
+    polished = [parse(t, SYMS) for t in out if "exp" in t and len(parse(t, SYMS).atoms(sympy.Float)) == 2]
+    assert len(polished) == 1
+    got = sorted(abs(float(c)) for c in polished[0].atoms(sympy.Float))
+    assert got == pytest.approx(sorted([1 / np.sqrt(2 * np.pi), 0.5]), rel=1e-6)
+    exact = f"{1 / np.sqrt(2 * np.pi)!r}*exp(-0.5*x1^2/x0^2)/x0"
+    again = prune_candidates([exact], X, y, ["x0", "x1", "x2"], seed=0)
+    assert all(len(parse(t, SYMS).atoms(sympy.Float)) < 2 for t in again)
 
 
 class Product(nn.Module):
