@@ -513,6 +513,11 @@ def test_transformed_searches_get_their_own_budget():
         assert narrowed.generations == 60 and set(narrowed.operators) <= set(t.operators)
     assert engine.generations == 150  # a copy was changed
     assert sfx.Operon(transform_generations=None).for_transform(TRANSFORMS["log"]).generations == 150
+    # a quick run asked for by `generations=` is quick in every search (the default 75 of a
+    # transformed search or a part is not more than the 3 asked for)
+    quick = sfx.Operon(generations=3)
+    assert quick.for_transform(TRANSFORMS["log"]).generations == 3
+    assert quick.for_part().generations == 3
     for bad in (0, 2.5, True, "75"):
         with pytest.raises(sfx.SymTorchFXError, match="transform_generations"):
             sfx.Operon(transform_generations=bad)
