@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import feynman_suite  # noqa: E402
 
 import symtorch_fx as sfx  # noqa: E402
+from symtorch_fx.api import DECOMPOSE_NEAR  # noqa: E402
 from symtorch_fx.expr.equations import Equation, ParetoFront  # noqa: E402
 from symtorch_fx.expr.grammar import parse  # noqa: E402
 from symtorch_fx.search import select as _select  # noqa: E402
@@ -518,7 +519,7 @@ class Variant:
 
     keep: Callable[[dict], bool] = lambda job: True
     pruned: bool = True
-    composed: bool = True
+    composed: bool | str = True  # "gated": only where convert's rule would search the parts
     guards: bool = True
 
 
@@ -531,6 +532,9 @@ ABLATIONS = {
                                         or job["repeat"] == 0),
     "no scaled searches": Variant(keep=lambda job: not TRANSFORMS[job["transform"]].scaled),
     "no decomposition": Variant(composed=False),
+    # of a run with --parts always: the parts as convert searches them by default, only for
+    # outputs whose own searches stayed DECOMPOSE_NEAR above the network's estimated error
+    "parts gated": Variant(composed="gated"),
     "no logit or 1/y": Variant(keep=lambda job: job["transform"] not in NEW_TRANSFORMS),
     "auto without its poor-front guards": Variant(guards=False),
     "none of issue 19": Variant(keep=lambda job: job["transform"] not in NEW_TRANSFORMS,
@@ -560,12 +564,26 @@ def ablate(rec: dict, law, variants) -> dict[str, dict]:
     judged, fronts = {}, {}
     for name in variants:
         variant = ABLATIONS[name]
-        texts = list(rec.get("composed") or []) if variant.composed else []
+        texts = []
         for job in rec["jobs"]:
             if job.get("part") is not None or job.get("dimensionless"):
                 continue  # over a part's inputs or the groups: composed, not used as they are
             if variant.keep(job):
                 texts += job["texts"] + (job["pruned"] if variant.pruned else [])
+        composed = list(rec.get("composed") or []) if variant.composed else []
+        if composed and variant.composed == "gated":
+            whole = fronts.get(tuple(texts))
+            if whole is None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    whole, _ = build_front(texts, list(law.symbols), X[train], Y[train],
+                                           X[val], Y[val], X)
+                fronts[tuple(texts)] = whole
+            best = min((e.loss for e in whole), default=math.inf)
+            est = out.get("network_error_estimate")
+            if est is not None and best <= DECOMPOSE_NEAR * est:
+                composed = []
+        texts = composed + texts
         if tuple(texts) not in fronts:  # variants that drop nothing of this law share a front
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -703,6 +721,11 @@ def main(argv=None) -> None:
                         "JSON (after a change to a rule or to the scoring), then print the tables")
     p.add_argument("--no-prune", action="store_true", help="convert(prune=False)")
     p.add_argument("--no-decompose", action="store_true", help="convert(decompose=False)")
+    p.add_argument("--parts", choices=["gated", "always"], default="gated",
+                   help="search a decomposition's parts only where the output's own searches "
+                        "stayed above the network's error (gated, convert's rule) or wherever "
+                        "a decomposition is found (always; --ablate's 'parts gated' variant "
+                        "then rebuilds the gated fronts from the same run)")
     p.add_argument("--noise", type=float, default=0.0,
                    help="train on labels with Gaussian noise of this fraction of their standard "
                         "deviation (the noisy variant: 0.01); scored against the true law")
@@ -755,6 +778,10 @@ def main(argv=None) -> None:
         k, v = kv.split("=", 1)
         engine_kw[k] = json.loads(v) if v[:1] in "[{\"" or v[:1].isdigit() else v
     torch.set_num_threads(1)
+    if args.parts == "always":
+        from symtorch_fx import api
+
+        api.DECOMPOSE_NEAR = 0.0  # best <= 0 * reach never holds for a loss above 0
     laws, source = feynman_suite.load()
     indexed = [(i, law) for i, law in enumerate(laws) if not args.laws or law.name in args.laws]
     indexed = [(i, law) for i, law in indexed if len(law.variables) >= args.min_variables

@@ -156,7 +156,9 @@ def test_labels_measure_the_networks_error_and_auto_keeps_the_law():
     engine = Candidates(BUMP_CANDIDATES)
     blind = sfx.compile(Wrapper(), ["net"], xs, engine=engine, progress=False)
     # without labels the 1e4x gain looks like a real law: auto takes the bloated equation
-    assert str(blind.equations["net"][0].equation) == "x0^2 + 0.0099*sin(5*x0)"
+    # (its 0.0099 polished to the network's own 0.01)
+    assert str(blind.equations["net"][0].equation) in ("x0^2 + 0.0099*sin(5*x0)",
+                                                       "x0^2 + 0.01*sin(5*x0)")
     told = sfx.compile(Wrapper(), ["net"], xs, labels=labels, engine=engine, progress=False)
     front = told.equations["net"][0]
     mse = float(((Bumped()(xs)[:, 0] - labels) ** 2).mean())
