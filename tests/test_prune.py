@@ -6,6 +6,8 @@ import sympy
 import torch
 import torch.nn as nn
 from conftest import Candidates
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import symtorch_fx as sfx
 from symtorch_fx.expr.grammar import parse, variable
@@ -84,6 +86,38 @@ def test_a_candidate_of_the_law_s_form_is_polished_to_the_law_s_constants():
     exact = f"{1 / np.sqrt(2 * np.pi)!r}*exp(-0.5*x1^2/x0^2)/x0"
     again = prune_candidates([exact], X, y, ["x0", "x1", "x2"], seed=0)
     assert all(len(parse(t, SYMS).atoms(sympy.Float)) < 2 for t in again)
+
+
+#: laws of two constants (a, b), their true values, as the engine's text would carry them
+POLISH_LAWS = [
+    ("{a}*exp(-{b}*x1^2/x0^2)/x0", lambda X, a, b: a * np.exp(-b * X[:, 1] ** 2 / X[:, 0] ** 2)
+     / X[:, 0], (0.4, 0.5)),
+    ("{a}*x0*x1/({b}*x2 + 1)", lambda X, a, b: a * X[:, 0] * X[:, 1] / (b * X[:, 2] + 1),
+     (1.5, 0.25)),
+    ("sqrt({a}*x0^2 + {b}*x1^2)", lambda X, a, b: np.sqrt(a * X[:, 0] ** 2 + b * X[:, 1] ** 2),
+     (2.0, 3.0)),
+]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(POLISH_LAWS), *2 * [st.one_of(st.just(0.0), st.floats(1e-4, 0.04),
+                                                    st.floats(-0.04, -1e-4))])
+def test_a_polished_copy_fits_better_and_has_the_true_constants(law, da, db):
+    # the engine's constants off by up to 4% each: the copy offered is polished to the truth
+    # (noise-free data), and no copy is offered for constants that fit already
+    text, f, (a, b) = law
+    X = np.random.default_rng(3).uniform(1, 3, (500, 3))
+    y = f(X, a, b)
+    rough = text.format(a=repr(a * (1 + da)), b=repr(b * (1 + db)))
+    out = prune_candidates([rough], X, y, ["x0", "x1", "x2"], seed=0)
+
+    def fits(t):  # the simpler forms fix a constant at 0 or +-1, and none of these fits then
+        with np.errstate(all="ignore"):
+            got = sympy.lambdify([x0, x1, x2], parse(t, SYMS), "numpy")(*X.T)
+        return np.allclose(got, y, rtol=1e-6, atol=0)
+
+    polished = [t for t in out if fits(t)]
+    assert len(polished) == (0 if da == db == 0 else 1), out
 
 
 class Product(nn.Module):
