@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 
+import hypothesis
 import numpy as np
 import pytest
 import sympy
@@ -76,6 +77,38 @@ def test_an_input_the_output_ignores_is_a_constant_part():
     tree = d.plan(f, X6[:, :3])
     assert _shape(tree) == "(f(x0) * f(x1))"
     assert d.ignored(tree) == [2]
+
+
+FUNCS = {"sin": np.sin, "exp": np.exp, "square": np.square, "id": lambda a: a,
+         "inv": lambda a: 1 / a}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(sorted(FUNCS)), st.sampled_from(sorted(FUNCS)),
+       st.sampled_from(sorted(FUNCS)), st.floats(5, 100), st.one_of(st.just(0.0),
+                                                                   st.floats(0.02, 1)))
+def test_an_input_is_ignored_only_where_the_output_does_not_move_with_it(g0, g1, g2, offset, w):
+    # y = g0(x0) * (offset + g1(x1) + w g2(x2)): the right part of the product is a ratio
+    # near 1, so x2 moves it little in its own units, but the output by w g0 std(g2)
+    X = np.random.default_rng(1).uniform(1, 2, (2000, 3))
+
+    def f(x):
+        return FUNCS[g0](x[:, 0]) * (offset + FUNCS[g1](x[:, 1]) + w * FUNCS[g2](x[:, 2]))
+
+    moved = X.copy()
+    moved[:, :2] = np.median(X[:, :2], axis=0)
+    share = float(np.std(f(moved)) / np.std(f(X)))  # x2's own effect, in the output's spread
+    hypothesis.assume(w == 0 or share > 10 * d.CONSTANT)
+    tree = d.plan(f, X)
+    assert (2 in d.ignored(tree)) == (w == 0), (tree.describe(NAMES), share)
+
+
+def test_the_relativistic_energy_keeps_its_speed():
+    # m c^2 / sqrt(1 - v^2/c^2) over the benchmark's ranges: the speed's part is a ratio of
+    # 0.99 to 1.03 in the product's right part, and it was taken for a constant (v ignored)
+    X = np.random.default_rng(0).uniform((1, 1, 3), (5, 2, 10), (4000, 3))
+    tree = d.plan(lambda x: x[:, 0] * x[:, 2] ** 2 / np.sqrt(1 - x[:, 1] ** 2 / x[:, 2] ** 2), X)
+    assert d.ignored(tree) == [] and "x1" in tree.describe(NAMES)
 
 
 @settings(max_examples=25, deadline=None)

@@ -403,12 +403,16 @@ def plan(oracle: Callable[[np.ndarray], np.ndarray], X: np.ndarray, tol: float =
     return root
 
 
-def _split(X, part: Part, tol, rng, depth, spread) -> None:
+def _split(X, part: Part, tol, rng, depth, spread, scale: float = 1.0) -> None:
+    """Split ``part`` (and its parts, ``depth`` levels down). ``scale``: what one unit of the
+    part's values is worth in the output's units (the right part of a product is a ratio,
+    ``h(b)/h(b*)``, worth the left part's size), so that a part is a constant only where the
+    output does not move with it, whatever its own units."""
     sample = X[: min(len(X), 512)]
     vals = part.values(sample)
     if not np.all(np.isfinite(vals)):
         return
-    if np.std(vals) < CONSTANT * spread:
+    if np.std(vals) * scale < CONSTANT * spread:
         part.constant = float(np.mean(vals))
         return
     if depth == 0 or len(part.inputs) < 2:
@@ -426,8 +430,8 @@ def _split(X, part: Part, tol, rng, depth, spread) -> None:
     if best is None:
         return
     _, r, op, A, B, C, shift = best
-    part.residual = r * (float(np.std(vals)) if op == "+" else
-                         float(np.sqrt(np.mean(vals**2))))
+    part.residual = scale * r * (float(np.std(vals)) if op == "+" else
+                                 float(np.sqrt(np.mean(vals**2))))
     left = Part(tuple(sorted(A + C)), parent=part, side="left", other=B,
                 units=tuple(u for u in part.units if set(u.members) <= set(A + C)))
     right = Part(tuple(sorted(B + C)), parent=part, side="right", other=A,
@@ -440,8 +444,11 @@ def _split(X, part: Part, tol, rng, depth, spread) -> None:
         if not np.all(np.abs(v0) > 1e-3 * (np.abs(vals - shift).max() or 1.0)):
             part.op, part.children, part.shift = None, [], 0.0
             return
-    for c in part.children:
-        _split(X, c, tol, rng, depth - 1, spread)
+    scales = [scale, scale]
+    if op == "*":  # the right part is h(b)/h(b*): worth the left part's size (g(a) h(b*))
+        scales[1] = scale * float(np.sqrt(np.mean(left.values(sample) ** 2)))
+    for c, s in zip(part.children, scales):
+        _split(X, c, tol, rng, depth - 1, spread, s)
     if all(c.constant is not None for c in part.children):
         a, b = (c.constant for c in part.children)
         part.constant = float(a + b if op == "+" else shift + a * b)
