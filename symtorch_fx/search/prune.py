@@ -45,8 +45,6 @@ MAX_LOSS_RATIO = 1e3
 MAX_CONSTANTS = 12
 #: moves refit for real at each step, out of those a linearized refit ranks best
 SHORTLIST = 3
-#: refit losses within this share of each other are a tie, which the shorter form wins
-TIE = 1e-6
 
 
 def simpler_forms(
@@ -82,37 +80,23 @@ def _walk(fit: "_Fit") -> list[sympy.Expr]:
     forms = []
     while free:
         moves = _ranked_moves(fit, current, free)
-        trials = []
+        best = None
         for i, v in moves[:SHORTLIST]:
             trial = current.copy()
             trial[i] = v
             fitted, got = fit.refit(trial, [j for j in free if j != i])
-            if np.isfinite(got):
-                trials.append((got, i, fitted))
-        if not trials:
+            if best is None or got < best[0]:
+                best = (got, i, fitted)
+        if best is None or not best[0] <= MAX_LOSS_RATIO * max(base, 1e-300):
             break
-        low = min(t[0] for t in trials)
-        if not low <= MAX_LOSS_RATIO * max(base, 1e-300):
-            break
-        # moves that fit alike (another constant absorbs the one fixed: a log's offset at 0
-        # or at -1 under a free factor) leave the form with the fewest nodes
-        tied = [t for t in trials if t[0] <= low * (1 + TIE) + 1e-300]
-        if len(tied) > 1:
-            tied.sort(key=lambda t: (complexity(_form(fit, t[2], [j for j in free if j != t[1]])),
-                                     t[0]))
-        _, i, current = tied[0] if len(tied) > 1 else min(trials, key=lambda t: t[0])
+        _, i, current = best
         free.remove(i)
-        form = _form(fit, current, free)
+        form = fit.template.xreplace(
+            {c: sympy.Float(current[j]) if j in free else sympy.Integer(int(current[j]))
+             for j, c in enumerate(fit.consts)})
         if not form.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo, sympy.I):
             forms.append(form)
     return forms
-
-
-def _form(fit: "_Fit", values: np.ndarray, free: list[int]) -> sympy.Expr:
-    """The equation with the ``free`` constants at ``values`` and the fixed ones as integers."""
-    return fit.template.xreplace(
-        {c: sympy.Float(values[j]) if j in free else sympy.Integer(int(values[j]))
-         for j, c in enumerate(fit.consts)})
 
 
 def _ranked_moves(fit: "_Fit", c: np.ndarray, free: list[int]) -> list[tuple[int, float]]:
