@@ -58,7 +58,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import feynman_suite  # noqa: E402
 
 import symtorch_fx as sfx  # noqa: E402
-from symtorch_fx.api import DECOMPOSE_NEAR  # noqa: E402
 from symtorch_fx.expr.equations import Equation, ParetoFront  # noqa: E402
 from symtorch_fx.expr.grammar import parse  # noqa: E402
 from symtorch_fx.search import select as _select  # noqa: E402
@@ -533,7 +532,7 @@ ABLATIONS = {
     "no scaled searches": Variant(keep=lambda job: not TRANSFORMS[job["transform"]].scaled),
     "no decomposition": Variant(composed=False),
     # of a run with --parts always: the parts as convert searches them by default, only for
-    # outputs whose own searches stayed DECOMPOSE_NEAR above the network's estimated error
+    # outputs whose own searches stayed away from the network (api._reached_network)
     "parts gated": Variant(composed="gated"),
     "no logit or 1/y": Variant(keep=lambda job: job["transform"] not in NEW_TRANSFORMS),
     "auto without its poor-front guards": Variant(guards=False),
@@ -546,6 +545,7 @@ def ablate(rec: dict, law, variants) -> dict[str, dict]:
     """``rec``'s front rebuilt from its recorded candidates without some searches, the pruned
     forms or the decomposition, or judged without ``auto``'s guards (see ``ABLATIONS``),
     judged like a run's: one record per variant."""
+    from symtorch_fx import api
     from symtorch_fx.search.distill import build_front, split_rows
 
     model, _ = train_net(law, rec["index"], noise=rec.get("noise", 0.0))
@@ -580,8 +580,7 @@ def ablate(rec: dict, law, variants) -> dict[str, dict]:
                                            X[val], Y[val], X)
                 fronts[tuple(texts)] = whole
             best = min((e.loss for e in whole), default=math.inf)
-            est = out.get("network_error_estimate")
-            if est is not None and best <= DECOMPOSE_NEAR * est:
+            if api._reached_network(best, out.get("network_error_estimate"), Y[train]):
                 composed = []
         texts = composed + texts
         if tuple(texts) not in fronts:  # variants that drop nothing of this law share a front

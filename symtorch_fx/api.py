@@ -514,9 +514,8 @@ def distill_recordings(
         if plan is None:
             continue
         plans[(region.name, k)] = plan
-        reach = max(decomposition.network_error(plan[0]) or 0.0,
-                    DECOMPOSE_FLOOR * float(np.var(Y[train, k])))
-        if best.get((region.name, k), np.inf) <= DECOMPOSE_NEAR * reach:
+        if _reached_network(best.get((region.name, k), np.inf),
+                            _network_error_estimate(plan[0], Y[train, k]), Y[train, k]):
             plan[0].skipped = True  # the output's own searches reached the network
             continue
         r = restarts + len(transforms)
@@ -667,6 +666,15 @@ def _network_error_estimate(root, y_train: np.ndarray) -> float | None:
     rounding of the output, or None."""
     est = decomposition.network_error(root)
     return None if est is None else max(est, DECOMPOSE_FLOOR * float(np.var(y_train)))
+
+
+def _reached_network(best: float, estimate: float | None, y_train: np.ndarray) -> bool:
+    """Whether an output's own searches (their best held-out loss) came within
+    ``DECOMPOSE_NEAR`` of the network's estimated error (or of ``DECOMPOSE_FLOOR`` of the
+    output's variance, without an estimate): its decomposition's parts are then not searched.
+    The one rule of ``convert`` and of the benchmark's rebuilt fronts."""
+    reach = estimate if estimate is not None else DECOMPOSE_FLOOR * float(np.var(y_train))
+    return best <= DECOMPOSE_NEAR * reach
 
 
 def _checked_oracle(oracle, X: np.ndarray, Y: np.ndarray, index):

@@ -403,13 +403,16 @@ def plan(oracle: Callable[[np.ndarray], np.ndarray], X: np.ndarray, tol: float =
     return root
 
 
-def _split(X, part: Part, tol, rng, depth, spread, scale: float = 1.0) -> None:
+def _split(X, part: Part, tol, rng, depth, spread, scale: float = 1.0,
+           vals: np.ndarray | None = None) -> None:
     """Split ``part`` (and its parts, ``depth`` levels down). ``scale``: what one unit of the
     part's values is worth in the output's units (the right part of a product is a ratio,
     ``h(b)/h(b*)``, worth the left part's size), so that a part is a constant only where the
-    output does not move with it, whatever its own units."""
+    output does not move with it, whatever its own units. ``vals``: the part's values on the
+    sample, when its parent has them already."""
     sample = X[: min(len(X), 512)]
-    vals = part.values(sample)
+    if vals is None:
+        vals = part.values(sample)
     if not np.all(np.isfinite(vals)):
         return
     if np.std(vals) * scale < CONSTANT * spread:
@@ -444,11 +447,12 @@ def _split(X, part: Part, tol, rng, depth, spread, scale: float = 1.0) -> None:
         if not np.all(np.abs(v0) > 1e-3 * (np.abs(vals - shift).max() or 1.0)):
             part.op, part.children, part.shift = None, [], 0.0
             return
-    scales = [scale, scale]
+    left_vals, right_scale = None, scale
     if op == "*":  # the right part is h(b)/h(b*): worth the left part's size (g(a) h(b*))
-        scales[1] = scale * float(np.sqrt(np.mean(left.values(sample) ** 2)))
-    for c, s in zip(part.children, scales):
-        _split(X, c, tol, rng, depth - 1, spread, s)
+        left_vals = left.values(sample)
+        right_scale = scale * float(np.sqrt(np.mean(left_vals**2)))
+    _split(X, left, tol, rng, depth - 1, spread, scale, left_vals)
+    _split(X, right, tol, rng, depth - 1, spread, right_scale)
     if all(c.constant is not None for c in part.children):
         a, b = (c.constant for c in part.children)
         part.constant = float(a + b if op == "+" else shift + a * b)
