@@ -563,7 +563,7 @@ def _results_of(regions, recorders, data, jobs, searched, engine, selection, noi
             whole = [(j, s) for j, s in runs if j.whole]
             plan = (plans or {}).get((region.name, k))
             searched_parts = plan is not None and not plan[0].skipped
-            composed = [] if not searched_parts else _composed(plan, runs, X, Y[:, k], train, val,
+            composed = [] if plan is None else _composed(plan, runs, X, Y[:, k], train, val,
                                                          names, symbols, runs[0][0].prune)
             units_plan = (grouped or {}).get((region.name, k))
             dimensionless = ([] if units_plan is None else
@@ -748,28 +748,38 @@ def _decompose(oracle, k: int, X, y, train, noise, seed):
 
 def _composed(plan, runs, X, y, train, val, names, symbols, prune: bool = True) -> list:
     """The decomposition's candidates: each leaf's equations (the one ``auto`` picks and the
-    most accurate), composed into equations of the output and scored on its held-out rows."""
+    most accurate), composed into equations of the output and scored on its held-out rows.
+    A leaf's equations are its searches' (when the parts were searched) and the polynomials
+    fitted to it and to its transforms (``decompose.polynomial_candidates``), which cost a few
+    least-squares fits: where every leaf has few enough variables, the parts are composed
+    even when they were not searched. The polynomial ``auto`` picks among the fits alone is
+    offered too: a leaf's values carry the network's error, in the leaf's own units, and a
+    look-alike of the same length can fit that error better than the law does
+    (``17.9 s^4/cos(exp(0.53 s))`` beat ``1/(0.161/s^2 - 0.16)^2`` on a part of Feynman
+    I.32.17); which composition describes the output is for the output's front to say."""
     tree, leaves = plan
     picks = []
     for li, (leaf, LX, Ly) in enumerate(leaves):
-        scored = [c for j, s in runs if j.part == li for c in (s.scored or [])]
-        if not scored:
-            return []
+        searched = [c for j, s in runs if j.part == li for c in (s.scored or [])]
         lnames = decomposition.leaf_names(leaf, list(names))
         lsyms = [variable(n) for n in lnames]
         poly, _ = score_texts(decomposition.polynomial_candidates(LX[train], Ly[train], lnames),
                               lsyms, LX[val], Ly[val], LX[train], canonical=True,
                               scale=float(np.std(Ly[train])) or 1.0)
-        scored = scored + [s for _, s in poly]
-        front = front_of_scored(scored, lsyms, Ly[train], Ly[val])
-        if not any(e.finite for e in front):
+        fitted = [s for _, s in poly]
+        choices = []
+        for scored, rules_ in ((searched + fitted, ("auto", "accuracy")), (fitted, ("auto",))):
+            front = front_of_scored(scored, lsyms, Ly[train], Ly[val]) if scored else []
+            if any(e.finite for e in front):
+                choices += [decomposition.in_inputs(front[rules.pick(front, rule)].text(), leaf,
+                                                    list(names)) for rule in rules_]
+        if not choices:
             return []
-        auto, best = (decomposition.in_inputs(front[rules.pick(front, rule)].text(), leaf,
-                                              list(names)) for rule in ("auto", "accuracy"))
-        picks.append((id(leaf), auto, best))
-    combos = [{lid: a for lid, a, _ in picks}, {lid: b for lid, _, b in picks}]
-    for lid, _, b in picks:  # one leaf at its most accurate, the others as auto picks
-        combos.append({**combos[0], lid: b})
+        picks.append((id(leaf), choices))
+    base = {lid: choices[0] for lid, choices in picks}
+    combos = [base, {lid: choices[min(1, len(choices) - 1)] for lid, choices in picks}]
+    for lid, choices in picks:  # one leaf at another of its choices, the others as auto picks
+        combos += [{**base, lid: c} for c in choices[1:]]
     texts = list(dict.fromkeys(t for t in (decomposition.compose(tree, c) for c in combos) if t))
     if prune:  # the anchors leave small constants where parts meet: offer the forms without
         texts += prune_candidates(texts, X[train], y[train], list(names), None, 0)

@@ -529,45 +529,111 @@ def compose(part: Part, texts: dict[int, str]) -> str | None:
     return f"({a}) {part.op} ({b})"
 
 
-#: the largest degree of the polynomials fitted to a part, and the most inputs it may have
+#: the monomials fitted to a part: each variable's power in ``POLY_POWERS`` (negative ones
+#: only for a variable of one sign, away from 0), the powers' magnitudes summing to at most
+#: ``POLY_DEGREE``; parts of at most ``POLY_INPUTS`` variables
 POLY_DEGREE = 3
+POLY_POWERS = (-2, -1, 0, 1, 2, 3)
 POLY_INPUTS = 2
+#: the transforms of a part's values fitted by such polynomials (``search.transforms``):
+#: ``g(y) = P(x)``, mapped back as ``y = g^-1(P(x))``. ``omega^4/(omega^2 - omega0^2)^2`` over
+#: ``s = omega/omega0`` is ``(1/s^2 - 1)^-2``; ``1/sqrt(1 - s^2)`` is ``(1 - s^2)^(-1/2)``
+POLY_TRANSFORMS = ("identity", "inverse", "square", "inverse_square", "sqrt", "inverse_sqrt",
+                   "log")
+#: fits kept per transform: the last ones of the backward elimination, of at most this many
+#: terms besides the constant
+POLY_TERMS = 4
+#: rows a backward elimination is fitted on at most (evenly spaced over the part's rows)
+POLY_ROWS = 1000
+#: the smallest weight of a row, relative to the largest, in the fit of a transform
+POLY_WEIGHTS = 1e-6
+
+
+def _monomials(X: np.ndarray) -> list[tuple[int, ...]]:
+    """The powers of the monomials fitted on ``X``'s variables (:data:`POLY_POWERS`)."""
+    allowed = []
+    for col in X.T:
+        top = float(np.max(np.abs(col), initial=0.0))
+        away = bool(np.all(col > 0) or np.all(col < 0)) and np.min(np.abs(col)) > 1e-3 * top
+        allowed.append([p for p in POLY_POWERS if p >= 0 or away])
+    return [p for p in itertools.product(*allowed)
+            if 0 < sum(abs(k) for k in p) <= POLY_DEGREE]
+
+
+def _eliminate(cols: list[np.ndarray], z: np.ndarray, w: np.ndarray,
+               ) -> list[tuple[list[int], np.ndarray]]:
+    """Weighted least-squares fits of ``z`` by a constant and the columns, then with the
+    weakest column dropped, one at a time, down to the constant:
+    ``[(kept columns, coefficients)]``."""
+    keep = list(range(len(cols)))
+    W = [c * w for c in cols]
+    zw = z * w
+    out = []
+    while True:
+        A = np.column_stack([w] + [W[k] for k in keep])
+        coef, *_ = np.linalg.lstsq(A, zw, rcond=None)
+        if not np.all(np.isfinite(coef)):
+            return out
+        out.append((list(keep), coef))
+        if not keep:
+            return out
+        costs = []
+        for k in keep:
+            B = np.column_stack([w] + [W[j] for j in keep if j != k])
+            c, *_ = np.linalg.lstsq(B, zw, rcond=None)
+            costs.append(float(np.mean((B @ c - zw) ** 2)))
+        keep.remove(keep[int(np.argmin(costs))])
 
 
 def polynomial_candidates(X: np.ndarray, y: np.ndarray, names: list[str]) -> list[str]:
-    """Sparse polynomials fitted to a part of few inputs (AI Feynman's first try), as text: the
-    least-squares fit of every monomial up to ``POLY_DEGREE``, then the fits with the weakest
-    monomial dropped, one at a time, down to a constant. A search of one variable can settle for
-    ``1161 - 1161 cos(0.0415 x)`` where the part is ``x^2``; the fit finds ``x^2`` at once, and
-    the front keeps whichever is better."""
+    """Sparse polynomials fitted to a part of few inputs and to transforms of it (AI Feynman's
+    first tries), as text. For each transform ``g`` of :data:`POLY_TRANSFORMS` that the
+    values allow (one sign, away from 0, for all but the identity): the least-squares fit of
+    ``g(y)`` by every monomial of :func:`_monomials` (powers -2 to 3, a Laurent polynomial),
+    then the fits with the weakest monomial dropped, one at a time; the last fits of at most
+    ``POLY_TERMS`` terms are kept, mapped back through ``g``. A search of one variable can
+    settle for ``1161 - 1161 cos(0.0415 x)`` where the part is ``x^2``, or miss
+    ``(1/s^2 - 1)^-2`` altogether; a fit finds either at once, and the front keeps whichever
+    is better. Nothing here is read from a user: the texts are numbers and ``names``."""
+    from .transforms import TRANSFORMS
+
     X = np.asarray(X, np.float64)
     y = np.asarray(y, np.float64)
-    if X.shape[1] > POLY_INPUTS or len(y) < 20:
+    if X.ndim != 2 or X.shape[1] > POLY_INPUTS or len(y) < 20:
         return []
-    powers = [p for p in itertools.product(range(POLY_DEGREE + 1), repeat=X.shape[1])
-              if 0 < sum(p) <= POLY_DEGREE]
-    cols = [np.prod([X[:, i] ** k for i, k in enumerate(p)], axis=0) for p in powers]
-    keep = list(range(len(powers)))
-    out = []
-    while True:
-        A = np.column_stack([np.ones(len(y))] + [cols[k] for k in keep])
-        coef, *_ = np.linalg.lstsq(A, y, rcond=None)
-        if not np.all(np.isfinite(coef)):
-            break
-        terms = [repr(float(coef[0]))]
-        for c, k in zip(coef[1:], keep):
-            mono = "*".join(f"{names[i]}^{e}" if e > 1 else names[i]
-                            for i, e in enumerate(powers[k]) if e)
-            terms.append(f"({float(c)!r})*{mono}")
-        out.append(" + ".join(terms))
-        if not keep:
-            break
-        # drop the monomial whose removal costs least
-        costs = []
-        for k in keep:
-            rest = [j for j in keep if j != k]
-            B = np.column_stack([np.ones(len(y))] + [cols[j] for j in rest])
-            c, *_ = np.linalg.lstsq(B, y, rcond=None)
-            costs.append(float(np.mean((B @ c - y) ** 2)))
-        keep.remove(keep[int(np.argmin(costs))])
-    return out
+    if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
+        return []
+    rows = np.unique(np.linspace(0, len(y) - 1, min(len(y), POLY_ROWS)).astype(int))
+    X, y = X[rows], y[rows]
+    powers = _monomials(X)
+    with np.errstate(all="ignore"):
+        cols = [np.prod([X[:, i] ** float(k) for i, k in enumerate(p)], axis=0)
+                for p in powers]
+    texts = []
+    for name in POLY_TRANSFORMS:
+        t = TRANSFORMS[name]
+        if not t.applies(y):
+            continue
+        sign = t.sign(y)
+        with np.errstate(all="ignore"):
+            z = t.forward(sign * y)
+            # rows weighted by dy/dz, so that the fit of g(y) is, to first order, the fit of y:
+            # 1/sqrt(y) of a small y moves with the network's error far more than y does
+            h = 1e-4 * (np.abs(y) + float(np.std(y)) * 1e-3)
+            dz = (t.forward(sign * (y + h)) - t.forward(sign * (y - h))) / (2 * h)
+            w = 1.0 / np.abs(dz)
+        if not (np.all(np.isfinite(z)) and np.all(np.isfinite(w)) and np.all(w > 0)):
+            continue
+        # within POLY_WEIGHTS of the largest: the log of an output over decades would leave
+        # the fit to its top rows alone (and ill-conditioned)
+        w = np.maximum(w / np.max(w), POLY_WEIGHTS)
+        for keep, coef in _eliminate(cols, z, w):
+            if len(keep) > POLY_TERMS:
+                continue
+            terms = [repr(float(coef[0]))]
+            for c, k in zip(coef[1:], keep):
+                mono = "*".join(names[i] if e == 1 else f"{names[i]}^({e})"
+                                for i, e in enumerate(powers[k]) if e)
+                terms.append(f"({float(c)!r})*{mono}")
+            texts.append(t.back(" + ".join(terms), sign))
+    return texts

@@ -124,6 +124,9 @@ TRANSFORMS = {t.name: t for t in (
     *_PLAIN,
     # 1/y: a Lorentzian x/(a + x^2) is a polynomial over x
     Transform("inverse", lambda a: 1.0 / a, "1/({f})", nonzero=True),
+    # sqrt(y) and 1/sqrt(y): the square and the inverse square of a law
+    Transform("sqrt", np.sqrt, "({f})^2"),
+    Transform("inverse_sqrt", lambda a: 1.0 / np.sqrt(a), "1/({f})^2", nonzero=True),
     # log(y/(1-y)) of an output in (0, 1): the logistic 1/(1 + exp(-x0 x1)) is x0*x1
     Transform("logit", _logit, "sigmoid({f})", unit=True),
     # the same of y/m: fitting m takes log|y|, so y must be nonzero
