@@ -397,14 +397,15 @@ def test_transforms_need_an_output_of_one_sign():
     pos, neg = np.array([0.5, 2.0, 3.0]), np.array([-0.5, -2.0, -3.0])
     both, zero = np.array([-1.0, 0.0, 2.0]), np.array([0.0, 1.0, 2.0])
     for name in ("square", "inverse_square", "log", "scaled_square", "scaled_inverse_square",
-                 "scaled_log"):
+                 "scaled_log", "sqrt", "inverse_sqrt", "inverse"):
         t = TRANSFORMS[name]
         assert t.applies(pos) and t.applies(neg) and not t.applies(both)
         assert t.sign(pos) == 1 and t.sign(neg) == -1
-    # a zero is fine under a square root, not under a log or a division, nor in a scale's fit
-    assert TRANSFORMS["square"].applies(zero)
+    # a zero is fine squared or under a square root, not under a log or a division, nor in a
+    # scale's fit
+    assert TRANSFORMS["square"].applies(zero) and TRANSFORMS["sqrt"].applies(zero)
     assert not any(t.applies(zero) for name, t in TRANSFORMS.items()
-                   if name not in ("square", "identity"))
+                   if name not in ("square", "sqrt", "identity"))
     # an output that changes sign is searched as it is, once
     engine = BySeed()
     xs = torch.linspace(-2, 2, 400)[:, None]

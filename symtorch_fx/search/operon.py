@@ -183,7 +183,8 @@ class Operon:
             are separate jobs, so they run in parallel on several cores.
         transforms: transforms of the output searched beside those, for outputs of one sign
             (``"square"``: y^2, ``"inverse_square"``: 1/y^2, ``"log"``: log|y|, and
-            ``"scaled_..."``: the same of y/m, m the monomial of the inputs that fits y best),
+            ``"scaled_..."``: the same of y/m, m the monomial of the inputs that fits y best;
+            also ``"inverse"``, ``"sqrt"``, ``"inverse_sqrt"`` and ``"logit"``),
             with arithmetic operators only (and ``log`` for the log), their equations mapped
             back into the same front. A name listed twice is searched twice (or give
             ``{name: searches}``); ``convert(transforms=...)`` overrides them.
