@@ -564,24 +564,29 @@ def _eliminate(cols: list[np.ndarray], z: np.ndarray, w: np.ndarray,
                ) -> list[tuple[list[int], np.ndarray]]:
     """Weighted least-squares fits of ``z`` by a constant and the columns, then with the
     weakest column dropped, one at a time, down to the constant:
-    ``[(kept columns, coefficients)]``."""
-    keep = list(range(len(cols)))
-    W = [c * w for c in cols]
+    ``[(kept columns, coefficients)]``. Which column is weakest is read off the normal
+    equations of the (unit-norm) columns; each kept set is then fitted by ``lstsq``."""
+    A = np.column_stack([w] + [c * w for c in cols])
     zw = z * w
+    norms = np.linalg.norm(A, axis=0)
+    norms[norms == 0] = 1.0
+    An = A / norms
+    G, b = An.T @ An, An.T @ zw
+    keep = list(range(len(cols)))
     out = []
     while True:
-        A = np.column_stack([w] + [W[k] for k in keep])
-        coef, *_ = np.linalg.lstsq(A, zw, rcond=None)
+        idx = [0] + [k + 1 for k in keep]
+        coef, *_ = np.linalg.lstsq(A[:, idx], zw, rcond=None)
         if not np.all(np.isfinite(coef)):
             return out
         out.append((list(keep), coef))
         if not keep:
             return out
         costs = []
-        for k in keep:
-            B = np.column_stack([w] + [W[j] for j in keep if j != k])
-            c, *_ = np.linalg.lstsq(B, zw, rcond=None)
-            costs.append(float(np.mean((B @ c - zw) ** 2)))
+        for k in keep:  # what dropping k leaves unexplained: -b_S' G_S^-1 b_S, up to a constant
+            sub = [i for i in idx if i != k + 1]
+            c, *_ = np.linalg.lstsq(G[np.ix_(sub, sub)], b[sub], rcond=None)
+            costs.append(-float(b[sub] @ c))
         keep.remove(keep[int(np.argmin(costs))])
 
 
