@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import feynman_suite  # noqa: E402
 
 import symtorch_fx as sfx  # noqa: E402
+from symtorch_fx import api  # noqa: E402
 from symtorch_fx.expr.equations import Equation, ParetoFront  # noqa: E402
 from symtorch_fx.expr.grammar import parse  # noqa: E402
 from symtorch_fx.search import select as _select  # noqa: E402
@@ -466,7 +467,6 @@ def estimate_of(rec: dict, law) -> float | None:
     same rows, held-out split and seed; deterministic). None when the run had no
     decomposition (``decompose=False``, or the oracle was refused). A warning when today's
     decomposition is not the one recorded (a record of older code)."""
-    from symtorch_fx import api
     from symtorch_fx.search.distill import split_rows
 
     if not rec.get("decomposition"):
@@ -545,7 +545,6 @@ def ablate(rec: dict, law, variants) -> dict[str, dict]:
     """``rec``'s front rebuilt from its recorded candidates without some searches, the pruned
     forms or the decomposition, or judged without ``auto``'s guards (see ``ABLATIONS``),
     judged like a run's: one record per variant."""
-    from symtorch_fx import api
     from symtorch_fx.search.distill import build_front, split_rows
 
     model, _ = train_net(law, rec["index"], noise=rec.get("noise", 0.0))
@@ -778,8 +777,6 @@ def main(argv=None) -> None:
         engine_kw[k] = json.loads(v) if v[:1] in "[{\"" or v[:1].isdigit() else v
     torch.set_num_threads(1)
     if args.parts == "always":
-        from symtorch_fx import api
-
         api.DECOMPOSE_NEAR = 0.0  # best <= 0 * reach never holds for a loss above 0
     laws, source = feynman_suite.load()
     indexed = [(i, law) for i, law in enumerate(laws) if not args.laws or law.name in args.laws]

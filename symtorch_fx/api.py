@@ -777,7 +777,7 @@ def _composed(plan, runs, X, y, train, val, names, symbols, prune: bool = True) 
             return []
         picks.append((id(leaf), choices))
     base = {lid: choices[0] for lid, choices in picks}
-    combos = [base, {lid: choices[min(1, len(choices) - 1)] for lid, choices in picks}]
+    combos = [base, {lid: choices[1] for lid, choices in picks}]  # each has auto and accuracy
     for lid, choices in picks:  # one leaf at another of its choices, the others as auto picks
         combos += [{**base, lid: c} for c in choices[1:]]
     texts = list(dict.fromkeys(t for t in (decomposition.compose(tree, c) for c in combos) if t))

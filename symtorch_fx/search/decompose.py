@@ -560,12 +560,13 @@ def _monomials(X: np.ndarray) -> list[tuple[int, ...]]:
             if 0 < sum(abs(k) for k in p) <= POLY_DEGREE]
 
 
-def _eliminate(cols: list[np.ndarray], z: np.ndarray, w: np.ndarray,
+def _eliminate(cols: list[np.ndarray], z: np.ndarray, w: np.ndarray, most: int,
                ) -> list[tuple[list[int], np.ndarray]]:
     """Weighted least-squares fits of ``z`` by a constant and the columns, then with the
     weakest column dropped, one at a time, down to the constant:
-    ``[(kept columns, coefficients)]``. Which column is weakest is read off the normal
-    equations of the (unit-norm) columns; each kept set is then fitted by ``lstsq``."""
+    ``[(kept columns, coefficients)]`` for the kept sets of at most ``most`` columns. Which
+    column is weakest is read off the normal equations of the (unit-norm) columns; each kept
+    set returned is then fitted by ``lstsq``."""
     A = np.column_stack([w] + [c * w for c in cols])
     zw = z * w
     norms = np.linalg.norm(A, axis=0)
@@ -576,10 +577,11 @@ def _eliminate(cols: list[np.ndarray], z: np.ndarray, w: np.ndarray,
     out = []
     while True:
         idx = [0] + [k + 1 for k in keep]
-        coef, *_ = np.linalg.lstsq(A[:, idx], zw, rcond=None)
-        if not np.all(np.isfinite(coef)):
-            return out
-        out.append((list(keep), coef))
+        if len(keep) <= most:
+            coef, *_ = np.linalg.lstsq(A[:, idx], zw, rcond=None)
+            if not np.all(np.isfinite(coef)):
+                return out
+            out.append((list(keep), coef))
         if not keep:
             return out
         costs = []
@@ -632,9 +634,7 @@ def polynomial_candidates(X: np.ndarray, y: np.ndarray, names: list[str]) -> lis
         # within POLY_WEIGHTS of the largest: the log of an output over decades would leave
         # the fit to its top rows alone (and ill-conditioned)
         w = np.maximum(w / np.max(w), POLY_WEIGHTS)
-        for keep, coef in _eliminate(cols, z, w):
-            if len(keep) > POLY_TERMS:
-                continue
+        for keep, coef in _eliminate(cols, z, w, POLY_TERMS):
             terms = [repr(float(coef[0]))]
             for c, k in zip(coef[1:], keep):
                 mono = "*".join(names[i] if e == 1 else f"{names[i]}^({e})"
