@@ -296,12 +296,20 @@ def exact_form(expr, law, seed: int = 11) -> tuple[bool, str]:
     # the database's variables are positive (or, for angles, non-negative): say so to sympy
     pos = {x: sympy.Symbol(x.name, positive=True) for x in syms}
     a, b = closed.xreplace(pos), law.expr.xreplace(pos)
-    # (equal squares suffice: the refit already matches the truth numerically, sign included)
-    confirmed = _sympy_zero([a - b, a / b - 1, a**2 - b**2], SYMPY_SECONDS)
+    # (equal squares suffice: the refit already matches the truth numerically, sign included;
+    # simplify leaves sqrt(4 x + (x - 1)^2) alone, and factoring the root's argument gives x + 1)
+    confirmed = _sympy_zero([a - b, a / b - 1, a**2 - b**2, _factored_roots(a) - b],
+                            SYMPY_SECONDS)
     if confirmed:
         return True, str(closed)
     why = "could not confirm" if confirmed is False else f"ran out of {SYMPY_SECONDS} s on"
     return False, f"numerically the law, but sympy {why} the refit {closed}"
+
+
+def _factored_roots(e: sympy.Expr) -> sympy.Expr:
+    """``e`` with the argument of each fractional power factored."""
+    return e.replace(lambda n: n.is_Pow and not n.exp.is_Integer,
+                     lambda n: sympy.factor(n.base) ** n.exp)
 
 
 #: strict form: a constant as found must be this close (relative) to a closed form

@@ -13,7 +13,7 @@ import sympy
 import torch
 import torch.nn as nn
 from conftest import equivalent, fast_engine, mlp, train
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import symtorch_fx as sfx
@@ -477,3 +477,66 @@ def test_a_part_fitted_through_a_transform_gives_the_law():
     assert not is_law(got[False].equation.expr), got[False]
     assert got[True].info["decomposition"].startswith("(f(x0) * f(x1 / x2))")
     assert is_law(got[True].equation.expr), got[True]
+
+
+def _fit_errors(texts, X, y, names):
+    """Relative RMS error of each fitted text on the rows, with its number of terms."""
+    from symtorch_fx.expr.grammar import parse, variable
+    syms = [variable(n) for n in names]
+    out = []
+    for text in texts:
+        fn = sympy.lambdify(syms, parse(text, dict(zip(names, syms))), "numpy")
+        with np.errstate(all="ignore"):
+            got = np.broadcast_to(np.asarray(fn(*X.T), float), y.shape)
+        if np.all(np.isfinite(got)):
+            out.append((float(np.sqrt(np.mean((got - y) ** 2)) / np.std(y)), text))
+    return out
+
+
+_MONOMIALS_1 = [(1,), (2,)]
+_MONOMIALS_2 = [(1, 0), (0, 1), (1, 1), (2, 0), (0, 2)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(two=st.booleans(), data=st.data(), a=st.floats(-2, 2), b=st.floats(0.3, 2),
+       c=st.floats(-0.8, 2).filter(lambda v: abs(v) > 0.2), low=st.floats(0.05, 1.0))
+def test_a_sparse_rational_part_is_fitted_exactly(two, data, a, b, c, low):
+    """y = (a + b m1) / (1 + c m2) for monomials m1, m2 of powers >= 0 (degree <= 2) of one or
+    two variables in [low, low + 1], with no pole there: one of the part's fits is y to 1e-6 of
+    its spread. n alpha / (1 - n alpha / 3) (Feynman II.11.27's part) is one; no transform of
+    it is a polynomial, so the polynomial fits alone miss it."""
+    pool = _MONOMIALS_2 if two else _MONOMIALS_1
+    m1 = data.draw(st.sampled_from(pool))
+    m2 = data.draw(st.sampled_from(pool))
+    rng = np.random.default_rng(0)
+    X = rng.uniform(low, low + 1, (400, 2 if two else 1))
+    mono = lambda p: np.prod([X[:, i] ** k for i, k in enumerate(p)], axis=0)  # noqa: E731
+    q = 1 + c * mono(m2)
+    assume(np.min(np.abs(q)) > 0.05 * np.max(np.abs(q)) and (np.all(q > 0) or np.all(q < 0)))
+    y = (a + b * mono(m1)) / q
+    assume(np.std(y) > 1e-3 * np.max(np.abs(y)))  # (1 + s) / (1 + s) is a constant
+    names = ["s", "t"][:X.shape[1]]
+    errors = _fit_errors(d.polynomial_candidates(X, y, names), X, y, names)
+    assert errors and min(errors)[0] < 1e-6, (m1, m2, sorted(errors)[:3])
+
+
+def test_rational_fits_leave_out_a_pole_among_the_rows():
+    """1 / (s - 1) on s in [0.5, 1.5] fits y (1 + Q) = P exactly on the rows, and its
+    denominator crosses 0 there: no fit offered to the front may divide by 0 on the part's
+    own rows."""
+    s = np.linspace(0.5, 1.5, 401)
+    s = s[np.abs(s - 1) > 1e-3]
+    y = 1 / (s - 1)
+    X = s[:, None]
+    for err, text in _fit_errors(d.polynomial_candidates(X, y, ["s"]), X, y, ["s"]):
+        assert "/(" not in text or err > 1e-3, text
+
+
+def test_a_one_term_rational_is_written_as_a_constant_plus_a_fraction():
+    """(a + b m) / (1 + d m) is A + B / (m + C): 2 nodes shorter, so that the front does not
+    take a look-alike of the longer form's length."""
+    u = np.linspace(1e-4, 1, 500)
+    texts = d.polynomial_candidates(u[:, None], 1 + u / (1 - u / 3), ["u"])
+    short = [t for err, t in _fit_errors(texts, u[:, None], 1 + u / (1 - u / 3), ["u"])
+             if err < 1e-9 and t.count("u") == 1]
+    assert short, texts

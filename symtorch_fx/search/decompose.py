@@ -258,6 +258,8 @@ class Part:
     units: tuple[Unit, ...] = ()
     #: (on the root) the RMS of the accepted symmetry tests' residuals (two evaluations)
     symmetry_residual: float | None = None
+    #: what one unit of the part's values is worth in the output's units (:func:`_split`)
+    scale: float = 1.0
 
     def values(self, rows: np.ndarray) -> np.ndarray:
         """The part on full-width ``rows`` (only its own inputs are read)."""
@@ -410,6 +412,7 @@ def _split(X, part: Part, tol, rng, depth, spread, scale: float = 1.0,
     ``h(b)/h(b*)``, worth the left part's size), so that a part is a constant only where the
     output does not move with it, whatever its own units. ``vals``: the part's values on the
     sample, when its parent has them already."""
+    part.scale = scale
     sample = X[: min(len(X), 512)]
     if vals is None:
         vals = part.values(sample)
@@ -561,27 +564,30 @@ def _monomials(X: np.ndarray) -> list[tuple[int, ...]]:
 
 
 def _eliminate(cols: list[np.ndarray], z: np.ndarray, w: np.ndarray, most: int,
-               ) -> list[tuple[list[int], np.ndarray]]:
-    """Weighted least-squares fits of ``z`` by a constant and the columns, then with the
-    weakest column dropped, one at a time, down to the constant:
-    ``[(kept columns, coefficients)]`` for the kept sets of at most ``most`` columns. Which
-    column is weakest is read off the normal equations of the (unit-norm) columns; each kept
-    set returned is then fitted by ``lstsq``."""
+               fixed: tuple[np.ndarray, ...] = ()) -> list[tuple[list[int], np.ndarray]]:
+    """Weighted least-squares fits of ``z`` by a constant, the ``fixed`` columns and the
+    columns, then with the weakest column dropped, one at a time, down to the constant and
+    the fixed ones: ``[(kept columns, coefficients)]`` for the kept sets of at most ``most``
+    columns (besides the constant; the fixed ones count). Which column is weakest is read off
+    the normal equations of the (unit-norm) columns; each kept set returned is then fitted by
+    ``lstsq``. The coefficients are the constant's, the fixed columns', the kept ones'."""
+    f = len(fixed)
+    cols = list(fixed) + list(cols)
     A = np.column_stack([w] + [c * w for c in cols])
     zw = z * w
     norms = np.linalg.norm(A, axis=0)
     norms[norms == 0] = 1.0
     An = A / norms
     G, b = An.T @ An, An.T @ zw
-    keep = list(range(len(cols)))
+    keep = list(range(f, len(cols)))
     out = []
     while True:
-        idx = [0] + [k + 1 for k in keep]
-        if len(keep) <= most:
+        idx = list(range(f + 1)) + [k + 1 for k in keep]
+        if len(keep) + f <= most:
             coef, *_ = np.linalg.lstsq(A[:, idx], zw, rcond=None)
             if not np.all(np.isfinite(coef)):
                 return out
-            out.append((list(keep), coef))
+            out.append(([k - f for k in keep], coef))
         if not keep:
             return out
         costs = []
@@ -601,7 +607,8 @@ def polynomial_candidates(X: np.ndarray, y: np.ndarray, names: list[str]) -> lis
     ``POLY_TERMS`` terms are kept, mapped back through ``g``. A search of one variable can
     settle for ``1161 - 1161 cos(0.0415 x)`` where the part is ``x^2``, or miss
     ``(1/s^2 - 1)^-2`` altogether; a fit finds either at once, and the front keeps whichever
-    is better. Nothing here is read from a user: the texts are numbers and ``names``."""
+    is better. Then the sparse rational fits of the values (:func:`_rationals`). Nothing
+    here is read from a user: the texts are numbers and ``names``."""
     from .transforms import TRANSFORMS
 
     X = np.asarray(X, np.float64)
@@ -635,10 +642,82 @@ def polynomial_candidates(X: np.ndarray, y: np.ndarray, names: list[str]) -> lis
         # the fit to its top rows alone (and ill-conditioned)
         w = np.maximum(w / np.max(w), POLY_WEIGHTS)
         for keep, coef in _eliminate(cols, z, w, POLY_TERMS):
-            terms = [repr(float(coef[0]))]
-            for c, k in zip(coef[1:], keep):
-                mono = "*".join(names[i] if e == 1 else f"{names[i]}^({e})"
-                                for i, e in enumerate(powers[k]) if e)
-                terms.append(f"({float(c)!r})*{mono}")
-            texts.append(t.back(" + ".join(terms), sign))
+            texts.append(t.back(_sum(coef, [powers[k] for k in keep], names), sign))
+    return texts + _rationals(X, y, powers, cols, names)
+
+
+def _monomial(p: tuple[int, ...], names: list[str]) -> str:
+    return "*".join(names[i] if e == 1 else f"{names[i]}^({e})" for i, e in enumerate(p) if e)
+
+
+def _sum(coef, monomials, names: list[str]) -> str:
+    """``c0 + c1*m1 + ...``: ``coef[0]`` the constant, the rest those of ``monomials``."""
+    return " + ".join([repr(float(coef[0]))] + [f"({float(c)!r})*{_monomial(p, names)}"
+                                                 for c, p in zip(coef[1:], monomials)])
+
+
+#: rational fits ``P(x) / (1 + Q(x))``: ``P`` of the Laurent monomials of the polynomial fits,
+#: ``Q`` of monomials of powers >= 0 and degree 1 to ``RATIONAL_DEGREE``; at most
+#: ``POLY_TERMS`` monomials in all, one of them in ``Q``
+RATIONAL_DEGREE = 2
+#: reweighted refits of a rational fit (Sanathanan-Koerner): the linearised fit of
+#: ``y (1 + Q) = P`` weighs each row by ``|1 + Q|``; each refit divides by the last ``1 + Q``
+RATIONAL_REFITS = 3
+
+
+def _rationals(X, y, powers, cols, names) -> list[str]:
+    """Sparse rational fits of a part's values, ``P(x) / (1 + Q(x))``, as text: the
+    linearised least squares ``y = P(x) - y Q(x)``, pruned by backward elimination like the
+    polynomials, then refitted with rows weighted by ``1 / |1 + Q|``. ``n alpha / (1 -
+    n alpha / 3)`` (Feynman II.11.27) is such a part, of ``u = n alpha`` from 0 to 1: no
+    transform of it is a polynomial in ``u``, nor of ``1 / u``. A fit whose ``1 + Q``
+    changes sign, or comes near 0, on the rows (a pole among them) is left out. One monomial
+    over the same one plus a constant, ``(a + b m) / (1 + d m)``, is written ``A + B / (m +
+    C)``: the same law, shorter."""
+    den = [p for p in itertools.product(range(RATIONAL_DEGREE + 1), repeat=X.shape[1])
+           if 0 < sum(p) <= RATIONAL_DEGREE]
+    with np.errstate(all="ignore"):
+        dcols = [np.prod([X[:, i] ** float(k) for i, k in enumerate(p)], axis=0) for p in den]
+    n, ones = len(cols), np.ones_like(y)
+    sets = []  # (numerator's monomials, denominator's, linearised coefficients)
+    for j, c in enumerate(dcols):  # Q of one monomial: the elimination runs over P's alone
+        for keep, coef in _eliminate(cols, y, ones, POLY_TERMS, fixed=(-y * c,)):
+            sets.append((keep, [j], np.concatenate([coef[:1], coef[2:], coef[1:2]])))
+    for keep, coef in _eliminate(cols + [-y * c for c in dcols], y, ones, POLY_TERMS):
+        sets.append(([k for k in keep if k < n], [k - n for k in keep if k >= n], coef))
+    texts, seen = [], set()
+    for num, dk, coef in sets:
+        if not dk or (tuple(num), tuple(dk)) in seen:
+            continue
+        seen.add((tuple(num), tuple(dk)))
+        A = np.column_stack([np.ones_like(y)] + [cols[k] for k in num]
+                            + [-y * dcols[k] for k in dk])
+        for refit in range(RATIONAL_REFITS + 1):
+            q = 1.0 + sum(c * dcols[k] for c, k in zip(coef[1 + len(num):], dk))
+            if not (np.all(np.isfinite(coef)) and _one_sign_away(q)):
+                break
+            q = np.abs(q)
+            if refit < RATIONAL_REFITS:
+                coef, *_ = np.linalg.lstsq(A / q[:, None], y / q, rcond=None)
+        else:
+            texts.append(_rational_text(coef, [powers[k] for k in num], [den[k] for k in dk],
+                                        names))
     return texts
+
+
+def _one_sign_away(q: np.ndarray) -> bool:
+    """``1 + Q`` over the rows: finite, of one sign (no pole among them) and nowhere near 0."""
+    a = np.abs(q)
+    return bool(np.all(np.isfinite(q)) and (np.all(q > 0) or np.all(q < 0))
+                and np.min(a) > 1e-3 * np.max(a))
+
+
+def _rational_text(coef, num, den, names: list[str]) -> str:
+    a, b, d = coef[0], coef[1:1 + len(num)], coef[1 + len(num):]
+    if len(den) == 1 and num in ([], [den[0]]):  # (a + b m) / (1 + d m) = A + B / (m + C)
+        bm = float(b[0]) if num else 0.0
+        top, bottom = (a - bm / d[0]) / d[0], 1.0 / d[0]
+        return (f"{float(bm / d[0])!r} + ({float(top)!r})/({_monomial(den[0], names)} + "
+                f"({float(bottom)!r}))")
+    q = " + ".join(["1"] + [f"({float(c)!r})*{_monomial(p, names)}" for c, p in zip(d, den)])
+    return f"({_sum(coef[:1 + len(num)], num, names)})/({q})"
