@@ -21,7 +21,7 @@ from .errors import (
     SymTorchFXError,
     UntraceableModelError,
 )
-from .expr.equations import ParetoFront
+from .expr.equations import Equation, ParetoFront
 from .expr.grammar import (
     check_variable_names,
     fresh_names,
@@ -661,6 +661,11 @@ ORACLE_ROWS = 1024
 ORACLE_QUICK_CALL = 0.05
 
 
+#: a leaf's equation is within the network's error when its held-out MSE is at most this
+#: multiple of the decomposition's estimate, in the leaf's units (``_composed``)
+LEAF_ADEQUATE = 4.0
+
+
 def _network_error_estimate(root, y_train: np.ndarray) -> float | None:
     """The decomposition's estimate of the network's error (``front.info``), not below float64
     rounding of the output, or None."""
@@ -756,8 +761,13 @@ def _composed(plan, runs, X, y, train, val, names, symbols, prune: bool = True) 
     offered too: a leaf's values carry the network's error, in the leaf's own units, and a
     look-alike of the same length can fit that error better than the law does
     (``17.9 s^4/cos(exp(0.53 s))`` beat ``1/(0.161/s^2 - 0.16)^2`` on a part of Feynman
-    I.32.17); which composition describes the output is for the output's front to say."""
+    I.32.17). So is the simplest equation of the leaf's front within ``LEAF_ADEQUATE`` of the
+    network's error in the leaf's units (the decomposition's estimate over the leaf's scale
+    squared): a linear part ``0.399 x + 0.197`` of Feynman II.36.38 lost its ``auto`` pick to
+    a fit of five constants that follows the network's error in the part 4000 times closer.
+    Which composition describes the output is for the output's front to say."""
     tree, leaves = plan
+    noise = _network_error_estimate(tree, y[train])
     picks = []
     for li, (leaf, LX, Ly) in enumerate(leaves):
         searched = [c for j, s in runs if j.part == li for c in (s.scored or [])]
@@ -771,21 +781,30 @@ def _composed(plan, runs, X, y, train, val, names, symbols, prune: bool = True) 
         for scored, rules_ in ((searched + fitted, ("auto", "accuracy")), (fitted, ("auto",))):
             front = front_of_scored(scored, lsyms, Ly[train], Ly[val]) if scored else []
             if any(e.finite for e in front):
-                choices += [decomposition.in_inputs(front[rules.pick(front, rule)].text(), leaf,
-                                                    list(names)) for rule in rules_]
+                chosen = [rules.pick(front, rule) for rule in rules_]
+                if noise is not None and len(rules_) == 2:
+                    chosen += _adequate(front, noise / leaf.scale ** 2)
+                choices += [decomposition.in_inputs(front[i].text(), leaf, list(names))
+                            for i in chosen]
         if not choices:
             return []
         picks.append((id(leaf), choices))
     base = {lid: choices[0] for lid, choices in picks}
     combos = [base, {lid: choices[1] for lid, choices in picks}]  # each has auto and accuracy
     for lid, choices in picks:  # one leaf at another of its choices, the others as auto picks
-        combos += [{**base, lid: c} for c in choices[1:]]
+        combos += [{**base, lid: c} for c in dict.fromkeys(choices[1:]) if c != choices[0]]
     texts = list(dict.fromkeys(t for t in (decomposition.compose(tree, c) for c in combos) if t))
     if prune:  # the anchors leave small constants where parts meet: offer the forms without
         texts += prune_candidates(texts, X[train], y[train], list(names), None, 0)
     found, _ = score_texts(texts, symbols, X[val], y[val], X[train], canonical=True,
                            scale=float(np.std(y[train])) or 1.0)
     return [s for _, s in found]
+
+
+def _adequate(front: list[Equation], noise: float) -> list[int]:
+    """``[i]``: the simplest finite equation of ``front`` whose loss is within
+    ``LEAF_ADEQUATE`` of ``noise`` (an MSE in the front's units), or ``[]``."""
+    return [i for i, e in enumerate(front) if e.finite and e.loss <= LEAF_ADEQUATE * noise][:1]
 
 
 def _check_units(units, regions: list[Region]) -> None:

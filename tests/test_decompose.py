@@ -540,3 +540,24 @@ def test_a_one_term_rational_is_written_as_a_constant_plus_a_fraction():
     short = [t for err, t in _fit_errors(texts, u[:, None], 1 + u / (1 - u / 3), ["u"])
              if err < 1e-9 and t.count("u") == 1]
     assert short, texts
+
+
+@settings(max_examples=60, deadline=None)
+@given(losses=st.lists(st.floats(1e-12, 1.0), min_size=1, max_size=12, unique=True),
+       noise=st.floats(1e-13, 1.0), bad=st.sets(st.integers(0, 11)))
+def test_a_leaf_offers_its_simplest_equation_within_the_networks_error(losses, noise, bad):
+    """A leaf of a decomposition offers its composition the simplest finite equation whose
+    loss is within ``LEAF_ADEQUATE`` of the network's error in the leaf's units, when one is:
+    a linear part of Feynman II.36.38 (``0.399 x + 0.197``) lost its ``auto`` pick to a fit
+    of five constants that follows the network's error in the part, and with it the law."""
+    from symtorch_fx import api
+    from symtorch_fx.expr.equations import Equation
+    x = sympy.Symbol("x")
+    front = [Equation(sympy.Float(i) * x, i + 1, loss, (x,), i not in bad)
+             for i, loss in enumerate(sorted(losses, reverse=True))]
+    got = api._adequate(front, noise)
+    ok = [i for i, e in enumerate(front) if e.finite and e.loss <= api.LEAF_ADEQUATE * noise]
+    assert got == ok[:1]
+    if got:
+        assert all(not e.finite or e.loss > api.LEAF_ADEQUATE * noise
+                   for e in front[:got[0]])
