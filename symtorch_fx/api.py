@@ -773,8 +773,10 @@ def _composed(plan, runs, X, y, train, val, names, symbols, prune: bool = True) 
         searched = [c for j, s in runs if j.part == li for c in (s.scored or [])]
         lnames = decomposition.leaf_names(leaf, list(names))
         lsyms = [variable(n) for n in lnames]
-        poly, _ = score_texts(decomposition.polynomial_candidates(LX[train], Ly[train], lnames),
-                              lsyms, LX[val], Ly[val], LX[train], canonical=True,
+        fits = decomposition.polynomial_candidates(
+            LX[train], Ly[train], lnames,
+            noise=None if noise is None else float(np.sqrt(noise)) / leaf.scale)
+        poly, _ = score_texts(fits, lsyms, LX[val], Ly[val], LX[train], canonical=True,
                               scale=float(np.std(Ly[train])) or 1.0)
         fitted = [s for _, s in poly]
         choices = []

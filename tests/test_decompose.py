@@ -561,3 +561,21 @@ def test_a_leaf_offers_its_simplest_equation_within_the_networks_error(losses, n
     if got:
         assert all(not e.finite or e.loss > api.LEAF_ADEQUATE * noise
                    for e in front[:got[0]])
+
+
+def test_a_part_within_the_networks_error_of_zero_is_fitted_through_its_log():
+    """exp(-1/s) with an error of the network's size on it dips below 0 where the law is near
+    0 (a part of Feynman I.40.1 dips to -0.08 and reaches 16.6): with the network's error given,
+    the log is fitted on the rows away from 0 and gives the law; without it, no fit is
+    exp(a + b/s)."""
+    s = np.linspace(0.1, 3, 600)
+    law = np.exp(-1 / s)
+    y = law + 0.004 * np.sin(40 * s)
+    X = s[:, None]
+    assert y.min() < 0
+    assert not any(t.startswith("exp(") for t in d.polynomial_candidates(X, y, ["s"]))
+    texts = [t for t in d.polynomial_candidates(X, y, ["s"], noise=0.004)
+             if t.startswith("exp(")]
+    errors = _fit_errors(texts, X, law, ["s"])
+    best = min(errors)
+    assert best[0] * np.std(law) < 0.004 and best[1].count("*s") == 1, best

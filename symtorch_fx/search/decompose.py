@@ -550,6 +550,10 @@ POLY_TERMS = 4
 POLY_ROWS = 1000
 #: the smallest weight of a row, relative to the largest, in the fit of a transform
 POLY_WEIGHTS = 1e-6
+#: rows this many times the network's error (RMS, the part's units) from 0 or closer are left
+#: out of the fits of a transform that needs one sign, when the others have one: the largest
+#: of a thousand draws of an error is 3 to 4 times its RMS, and the estimate is rough
+POLY_NEAR_ZERO = 5.0
 
 
 def _monomials(X: np.ndarray) -> list[tuple[int, ...]]:
@@ -598,7 +602,8 @@ def _eliminate(cols: list[np.ndarray], z: np.ndarray, w: np.ndarray, most: int,
         keep.remove(keep[int(np.argmin(costs))])
 
 
-def polynomial_candidates(X: np.ndarray, y: np.ndarray, names: list[str]) -> list[str]:
+def polynomial_candidates(X: np.ndarray, y: np.ndarray, names: list[str],
+                          noise: float | None = None) -> list[str]:
     """Sparse polynomials fitted to a part of few inputs and to transforms of it (AI Feynman's
     first tries), as text. For each transform ``g`` of :data:`POLY_TRANSFORMS` that the
     values allow (one sign, away from 0, for all but the identity): the least-squares fit of
@@ -608,7 +613,13 @@ def polynomial_candidates(X: np.ndarray, y: np.ndarray, names: list[str]) -> lis
     settle for ``1161 - 1161 cos(0.0415 x)`` where the part is ``x^2``, or miss
     ``(1/s^2 - 1)^-2`` altogether; a fit finds either at once, and the front keeps whichever
     is better. Then the sparse rational fits of the values (:func:`_rationals`). Nothing
-    here is read from a user: the texts are numbers and ``names``."""
+    here is read from a user: the texts are numbers and ``names``.
+
+    ``noise``: the network's error (RMS) in the part's units, when known. A part that is of
+    one sign but for rows within ``POLY_NEAR_ZERO`` times it of 0 (``exp(-1/s)`` dips to
+    -0.08 where the law is 1e-9, of a part of Feynman I.40.1 that reaches 16.6) is fitted
+    through the transforms that need one sign without those rows: their transformed values
+    are the network's error, not the law's."""
     from .transforms import TRANSFORMS
 
     X = np.asarray(X, np.float64)
@@ -623,25 +634,29 @@ def polynomial_candidates(X: np.ndarray, y: np.ndarray, names: list[str]) -> lis
     with np.errstate(all="ignore"):
         cols = [np.prod([X[:, i] ** float(k) for i, k in enumerate(p)], axis=0)
                 for p in powers]
+    far = np.abs(y) > POLY_NEAR_ZERO * noise if noise else np.ones(len(y), bool)
     texts = []
     for name in POLY_TRANSFORMS:
         t = TRANSFORMS[name]
+        yt, ct = y, cols
         if not t.applies(y):
-            continue
-        sign = t.sign(y)
+            if far.all() or far.sum() < 20 or not t.applies(y[far]):
+                continue
+            yt, ct = y[far], [c[far] for c in cols]
+        sign = t.sign(yt)
         with np.errstate(all="ignore"):
-            z = t.forward(sign * y)
+            z = t.forward(sign * yt)
             # rows weighted by dy/dz, so that the fit of g(y) is, to first order, the fit of y:
             # 1/sqrt(y) of a small y moves with the network's error far more than y does
-            h = 1e-4 * (np.abs(y) + float(np.std(y)) * 1e-3)
-            dz = (t.forward(sign * (y + h)) - t.forward(sign * (y - h))) / (2 * h)
+            h = 1e-4 * (np.abs(yt) + float(np.std(yt)) * 1e-3)
+            dz = (t.forward(sign * (yt + h)) - t.forward(sign * (yt - h))) / (2 * h)
             w = 1.0 / np.abs(dz)
         if not (np.all(np.isfinite(z)) and np.all(np.isfinite(w)) and np.all(w > 0)):
             continue
         # within POLY_WEIGHTS of the largest: the log of an output over decades would leave
         # the fit to its top rows alone (and ill-conditioned)
         w = np.maximum(w / np.max(w), POLY_WEIGHTS)
-        for keep, coef in _eliminate(cols, z, w, POLY_TERMS):
+        for keep, coef in _eliminate(ct, z, w, POLY_TERMS):
             texts.append(t.back(_sum(coef, [powers[k] for k in keep], names), sign))
     return texts + _rationals(X, y, powers, cols, names)
 
