@@ -728,8 +728,9 @@ def _one_sign_away(q: np.ndarray) -> bool:
 
 
 def _rational_text(coef, num, den, names: list[str]) -> str:
+    """The text of ``P/(1 + Q)``; ``(a + b m)/(1 + d m)`` as ``A + B/(m + C)``."""
     a, b, d = coef[0], coef[1:1 + len(num)], coef[1 + len(num):]
-    if len(den) == 1 and num in ([], [den[0]]):  # (a + b m) / (1 + d m) = A + B / (m + C)
+    if len(den) == 1 and num in ([], [den[0]]) and d[0] != 0:
         bm = float(b[0]) if num else 0.0
         top, bottom = (a - bm / d[0]) / d[0], 1.0 / d[0]
         return (f"{float(bm / d[0])!r} + ({float(top)!r})/({_monomial(den[0], names)} + "
