@@ -773,9 +773,10 @@ def _composed(plan, runs, X, y, train, val, names, symbols, prune: bool = True) 
         searched = [c for j, s in runs if j.part == li for c in (s.scored or [])]
         lnames = decomposition.leaf_names(leaf, list(names))
         lsyms = [variable(n) for n in lnames]
+        # the network's error in the leaf's units (an MSE), when the decomposition has one
+        own = noise / leaf.scale ** 2 if noise is not None and leaf.scale > 0 else None
         fits = decomposition.polynomial_candidates(
-            LX[train], Ly[train], lnames,
-            noise=None if noise is None else float(np.sqrt(noise)) / leaf.scale)
+            LX[train], Ly[train], lnames, noise=None if own is None else float(np.sqrt(own)))
         poly, _ = score_texts(fits, lsyms, LX[val], Ly[val], LX[train], canonical=True,
                               scale=float(np.std(Ly[train])) or 1.0)
         fitted = [s for _, s in poly]
@@ -784,8 +785,8 @@ def _composed(plan, runs, X, y, train, val, names, symbols, prune: bool = True) 
             front = front_of_scored(scored, lsyms, Ly[train], Ly[val]) if scored else []
             if any(e.finite for e in front):
                 chosen = [rules.pick(front, rule) for rule in rules_]
-                if noise is not None and len(rules_) == 2:
-                    chosen += _adequate(front, noise / leaf.scale ** 2)
+                if own is not None and len(rules_) == 2:
+                    chosen += _adequate(front, own)
                 choices += [decomposition.in_inputs(front[i].text(), leaf, list(names))
                             for i in chosen]
         if not choices:

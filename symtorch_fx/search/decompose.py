@@ -579,26 +579,41 @@ def _eliminate(cols: list[np.ndarray], z: np.ndarray, w: np.ndarray, most: int,
     cols = list(fixed) + list(cols)
     A = np.column_stack([w] + [c * w for c in cols])
     zw = z * w
+    if not (np.all(np.isfinite(A)) and np.all(np.isfinite(zw))):
+        return []
+    out: list[tuple[list[int], np.ndarray]] = []
+    with np.errstate(all="ignore"):  # columns of 1e150 overflow their products: no fits
+        try:
+            _drop_weakest(A, zw, f, len(cols), most, out)
+        except np.linalg.LinAlgError:
+            pass
+    return out
+
+
+def _drop_weakest(A, zw, f: int, n: int, most: int, out: list) -> None:
+    """:func:`_eliminate`'s steps, its fits appended to ``out``."""
     norms = np.linalg.norm(A, axis=0)
     norms[norms == 0] = 1.0
     An = A / norms
     G, b = An.T @ An, An.T @ zw
-    keep = list(range(f, len(cols)))
-    out = []
+    if not (np.all(np.isfinite(G)) and np.all(np.isfinite(b))):
+        return
+    keep = list(range(f, n))
     while True:
         idx = list(range(f + 1)) + [k + 1 for k in keep]
         if len(keep) + f <= most:
             coef, *_ = np.linalg.lstsq(A[:, idx], zw, rcond=None)
             if not np.all(np.isfinite(coef)):
-                return out
+                return
             out.append(([k - f for k in keep], coef))
         if not keep:
-            return out
+            return
         costs = []
         for k in keep:  # what dropping k leaves unexplained: -b_S' G_S^-1 b_S, up to a constant
             sub = [i for i in idx if i != k + 1]
             c, *_ = np.linalg.lstsq(G[np.ix_(sub, sub)], b[sub], rcond=None)
-            costs.append(-float(b[sub] @ c))
+            cost = -float(b[sub] @ c)
+            costs.append(cost if np.isfinite(cost) else np.inf)
         keep.remove(keep[int(np.argmin(costs))])
 
 
@@ -689,24 +704,27 @@ def _rationals(X, y, powers, cols, names) -> list[str]:
     changes sign, or comes near 0, on the rows (a pole among them) is left out. One monomial
     over the same one plus a constant, ``(a + b m) / (1 + d m)``, is written ``A + B / (m +
     C)``: the same law, shorter."""
-    den = [p for p in itertools.product(range(RATIONAL_DEGREE + 1), repeat=X.shape[1])
-           if 0 < sum(p) <= RATIONAL_DEGREE]
-    with np.errstate(all="ignore"):
-        dcols = [np.prod([X[:, i] ** float(k) for i, k in enumerate(p)], axis=0) for p in den]
+    den, dcols, ycols = [], [], []
+    for p in itertools.product(range(RATIONAL_DEGREE + 1), repeat=X.shape[1]):
+        with np.errstate(all="ignore"):
+            c = np.prod([X[:, i] ** float(k) for i, k in enumerate(p)], axis=0)
+            yc = -y * c
+        # a monomial that does not vary on the rows is a constant: 1 + d m would be too
+        if 0 < sum(p) <= RATIONAL_DEGREE and np.all(np.isfinite(yc)) and np.ptp(c) > 0:
+            den, dcols, ycols = den + [p], dcols + [c], ycols + [yc]
     n, ones = len(cols), np.ones_like(y)
     sets = []  # (numerator's monomials, denominator's, linearised coefficients)
-    for j, c in enumerate(dcols):  # Q of one monomial: the elimination runs over P's alone
-        for keep, coef in _eliminate(cols, y, ones, POLY_TERMS, fixed=(-y * c,)):
+    for j, yc in enumerate(ycols):  # Q of one monomial: the elimination runs over P's alone
+        for keep, coef in _eliminate(cols, y, ones, POLY_TERMS, fixed=(yc,)):
             sets.append((keep, [j], np.concatenate([coef[:1], coef[2:], coef[1:2]])))
-    for keep, coef in _eliminate(cols + [-y * c for c in dcols], y, ones, POLY_TERMS):
+    for keep, coef in _eliminate(cols + ycols, y, ones, POLY_TERMS):
         sets.append(([k for k in keep if k < n], [k - n for k in keep if k >= n], coef))
     texts, seen = [], set()
     for num, dk, coef in sets:
         if not dk or (tuple(num), tuple(dk)) in seen:
             continue
         seen.add((tuple(num), tuple(dk)))
-        A = np.column_stack([np.ones_like(y)] + [cols[k] for k in num]
-                            + [-y * dcols[k] for k in dk])
+        A = np.column_stack([ones] + [cols[k] for k in num] + [ycols[k] for k in dk])
         for refit in range(RATIONAL_REFITS + 1):
             q = 1.0 + sum(c * dcols[k] for c, k in zip(coef[1 + len(num):], dk))
             if not (np.all(np.isfinite(coef)) and _one_sign_away(q)):
@@ -721,10 +739,12 @@ def _rationals(X, y, powers, cols, names) -> list[str]:
 
 
 def _one_sign_away(q: np.ndarray) -> bool:
-    """``1 + Q`` over the rows: finite, of one sign (no pole among them) and nowhere near 0."""
+    """``1 + Q`` over the rows: finite, of one sign (no pole among them) and nowhere near 0
+    (against its own size and against the 1 in it: ``1 - 0.333 m`` of an ``m`` near 3 on
+    every row is ``0/0``, not a law)."""
     a = np.abs(q)
     return bool(np.all(np.isfinite(q)) and (np.all(q > 0) or np.all(q < 0))
-                and np.min(a) > 1e-3 * np.max(a))
+                and np.min(a) > 1e-3 * max(float(np.max(a)), 1.0))
 
 
 def _rational_text(coef, num, den, names: list[str]) -> str:
@@ -732,8 +752,11 @@ def _rational_text(coef, num, den, names: list[str]) -> str:
     a, b, d = coef[0], coef[1:1 + len(num)], coef[1 + len(num):]
     if len(den) == 1 and num in ([], [den[0]]) and d[0] != 0:
         bm = float(b[0]) if num else 0.0
-        top, bottom = (a - bm / d[0]) / d[0], 1.0 / d[0]
-        return (f"{float(bm / d[0])!r} + ({float(top)!r})/({_monomial(den[0], names)} + "
-                f"({float(bottom)!r}))")
+        with np.errstate(all="ignore"):
+            shift, top, bottom = (np.float64(v) for v in (bm / d[0], (a - bm / d[0]) / d[0],
+                                                          1.0 / d[0]))
+        if np.isfinite(shift) and np.isfinite(top) and np.isfinite(bottom):
+            return (f"{float(shift)!r} + ({float(top)!r})/({_monomial(den[0], names)} + "
+                    f"({float(bottom)!r}))")
     q = " + ".join(["1"] + [f"({float(c)!r})*{_monomial(p, names)}" for c, p in zip(d, den)])
     return f"({_sum(coef[:1 + len(num)], num, names)})/({q})"
