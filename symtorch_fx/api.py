@@ -781,11 +781,12 @@ def _composed(plan, runs, X, y, train, val, names, symbols, prune: bool = True) 
                               scale=float(np.std(Ly[train])) or 1.0)
         fitted = [s for _, s in poly]
         choices = []
-        for scored, rules_ in ((searched + fitted, ("auto", "accuracy")), (fitted, ("auto",))):
+        for scored, rules_, adequate in ((searched + fitted, ("auto", "accuracy"), True),
+                                         (fitted, ("auto",), False)):
             front = front_of_scored(scored, lsyms, Ly[train], Ly[val]) if scored else []
             if any(e.finite for e in front):
                 chosen = [rules.pick(front, rule) for rule in rules_]
-                if own is not None and len(rules_) == 2:
+                if adequate and own is not None:
                     chosen += _adequate(front, own)
                 choices += [decomposition.in_inputs(front[i].text(), leaf, list(names))
                             for i in chosen]

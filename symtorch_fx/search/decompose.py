@@ -646,9 +646,7 @@ def polynomial_candidates(X: np.ndarray, y: np.ndarray, names: list[str],
     rows = np.unique(np.linspace(0, len(y) - 1, min(len(y), POLY_ROWS)).astype(int))
     X, y = X[rows], y[rows]
     powers = _monomials(X)
-    with np.errstate(all="ignore"):
-        cols = [np.prod([X[:, i] ** float(k) for i, k in enumerate(p)], axis=0)
-                for p in powers]
+    cols = [_column(X, p) for p in powers]
     far = np.abs(y) > POLY_NEAR_ZERO * noise if noise else np.ones(len(y), bool)
     texts = []
     for name in POLY_TRANSFORMS:
@@ -674,6 +672,12 @@ def polynomial_candidates(X: np.ndarray, y: np.ndarray, names: list[str],
         for keep, coef in _eliminate(ct, z, w, POLY_TERMS):
             texts.append(t.back(_sum(coef, [powers[k] for k in keep], names), sign))
     return texts + _rationals(X, y, powers, cols, names)
+
+
+def _column(X: np.ndarray, p: tuple[int, ...]) -> np.ndarray:
+    """The monomial of powers ``p`` on the rows ``X`` (inf where it overflows)."""
+    with np.errstate(all="ignore"):
+        return np.prod([X[:, i] ** float(k) for i, k in enumerate(p)], axis=0)
 
 
 def _monomial(p: tuple[int, ...], names: list[str]) -> str:
@@ -706,8 +710,8 @@ def _rationals(X, y, powers, cols, names) -> list[str]:
     C)``: the same law, shorter."""
     den, dcols, ycols = [], [], []
     for p in itertools.product(range(RATIONAL_DEGREE + 1), repeat=X.shape[1]):
+        c = _column(X, p)
         with np.errstate(all="ignore"):
-            c = np.prod([X[:, i] ** float(k) for i, k in enumerate(p)], axis=0)
             yc = -y * c
         # a monomial that does not vary on the rows is a constant: 1 + d m would be too
         if 0 < sum(p) <= RATIONAL_DEGREE and np.all(np.isfinite(yc)) and np.ptp(c) > 0:
