@@ -461,6 +461,8 @@ def run_law(law, index: int, args, engine_kw: dict) -> dict:
         "front": _front_record(front), "jobs": job_records(front),
         "decomposition": front.info.get("decomposition"),
         "composed": front.info.get("composed", []),
+        # the output over the groups its scalings leave (search.scaling), composed
+        "scaling": front.info.get("scaling"),
         # what auto weighs besides the front (see select.apply), and the library's own pick:
         # the rules re-applied by ``judge`` must give the same
         "network_error_estimate": front.info.get("network_error_estimate"),
@@ -528,6 +530,7 @@ class Variant:
     pruned: bool = True
     composed: bool | str = True  # "gated": only where convert's rule would search the parts
     guards: bool = True
+    scaled: bool = True  # the candidates over the groups of the scalings found (search.scaling)
 
 
 ABLATIONS = {
@@ -544,8 +547,9 @@ ABLATIONS = {
     "parts gated": Variant(composed="gated"),
     "no logit or 1/y": Variant(keep=lambda job: job["transform"] not in NEW_TRANSFORMS),
     "auto without its poor-front guards": Variant(guards=False),
+    "no scalings": Variant(scaled=False),
     "none of issue 19": Variant(keep=lambda job: job["transform"] not in NEW_TRANSFORMS,
-                                composed=False, guards=False),
+                                composed=False, guards=False, scaled=False),
 }
 
 
@@ -578,6 +582,8 @@ def ablate(rec: dict, law, variants) -> dict[str, dict]:
             if variant.keep(job):
                 texts += job["texts"] + (job["pruned"] if variant.pruned else [])
         composed = list(rec.get("composed") or []) if variant.composed else []
+        if variant.scaled:
+            composed += list((rec.get("scaling") or {}).get("composed") or [])
         if composed and variant.composed == "gated":
             whole = fronts.get(tuple(texts))
             if whole is None:

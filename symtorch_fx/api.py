@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import sympy
 import torch
 import torch.nn as nn
 
@@ -24,9 +25,12 @@ from .errors import (
 from .expr.equations import Equation, ParetoFront
 from .expr.grammar import (
     check_variable_names,
+    complexity,
     fresh_names,
+    parse,
     reserved,
     rewrite_variables,
+    tidy,
     to_text,
     variable,
 )
@@ -47,6 +51,7 @@ from .model import RegionResult, State, attach, state_of
 from .reduce import fit_reduction
 from .search import decompose as decomposition
 from .search import features as derived_features
+from .search import scaling
 from .search import select as rules
 from .search import units as dimensions
 from .search.distill import (
@@ -284,8 +289,11 @@ def convert(
         decompose: use the target as an oracle (``search.decompose``): test whether each output
             of 2 or more inputs is a sum or a product of functions of fewer inputs (and which
             inputs it ignores), search each part on its own, and add their composition to the
-            front, where it is scored like every other equation. For module and whole-model
-            targets whose module reproduces its recordings; ``False`` turns it off.
+            front, where it is scored like every other equation. It also looks for the
+            scalings the target has (``search.scaling``: ``f(l^a x) = l^k f(x)``, the units of
+            its inputs, found without ``units=``) and searches such an output as ``P(x) g(pi)``
+            over fewer variables, as with ``units``. For module and whole-model targets whose
+            module reproduces its recordings; ``False`` turns it off.
         units: the physical units of a target's inputs and outputs, ``sfx.Units(inputs=["kg",
             "m/s", "m/s"], outputs="J")`` (or ``{target: Units}``), read by a strict grammar
             (``search.units.parse_unit``). Each output is also searched as ``P(x) g(pi)``: ``P``
@@ -480,14 +488,14 @@ def distill_recordings(
                                     sign=t.sign(Y[:, k]), prune=prune,
                                     holdout=(X[val], Y[val, k])))
             if oracle is not None and k < MAX_DECOMPOSED_OUTPUTS:
-                asks.append((ri, region, k, oracle, X, Y, train, val, names, index))
+                asks.append((ri, region, k, oracle, X, Y, train, val, names, index,
+                             spec is not None))
             if spec is not None:
                 plan = _dimensionless(spec.inputs, unit_k, X, Y[:, k], train, names,
                                       region.name, k)
                 if plan is not None:
                     grouped[(region.name, k)] = plan
-                    G, Ly = plan[1], plan[2]
-                    gnames = plan[3]
+                    G, Ly, gnames = plan.rows, plan.y, plan.names
                     r = restarts + len(transforms)
                     for name in (IDENTITY, *transforms) if G.shape[1] else ():
                         t = TRANSFORMS[name]
@@ -508,17 +516,42 @@ def distill_recordings(
         for c in s.scored or []:
             key = (j.region, j.output)
             best[key] = min(best.get(key, np.inf), c.loss)
-    for ri, region, k, oracle, X, Y, train, val, names, index in asks:
+    for ri, region, k, oracle, X, Y, train, val, names, index, has_units in asks:
         floor = _noise_for(noise, region.name, Y.shape[1], index)[k]
+        key = (region.name, k)
         plan = _decompose(oracle, k, X, Y[:, k], train, floor, _job_seed(seed, ri, k, 0))
-        if plan is None:
+        # the scalings the output has (its units, found), unless the user gave the units
+        scaled = None if has_units else _scaled(oracle, k, X, Y[:, k], train, floor,
+                                                _job_seed(seed, ri, k, 1), names)
+        if plan is None and scaled is None:
             continue
-        plans[(region.name, k)] = plan
-        if _reached_network(best.get((region.name, k), np.inf),
-                            _network_error_estimate(plan[0], Y[train, k]), Y[train, k]):
-            plan[0].skipped = True  # the output's own searches reached the network
-            continue
+        if plan is not None:
+            plans[key] = plan
+        if scaled is not None:
+            grouped[key] = scaled
+        estimate = _oracle_estimate(plan, scaled, Y[train, k])
+        # the output's own searches reached the network: neither the parts nor the output over
+        # its scalings' groups are searched (searching the groups always gained no law on the
+        # 1-3 variable laws it was tried on, and cost up to 70% more time on one)
+        reached = _reached_network(best.get(key, np.inf), estimate, Y[train, k])
+        if plan is not None:
+            plan[0].skipped = reached
         r = restarts + len(transforms)
+        if scaled is not None and not reached and _worth_searching(scaled, plan, X.shape[1]):
+            G, Ly = scaled.rows, scaled.y
+            for name in (IDENTITY, *transforms):
+                t = TRANSFORMS[name]
+                if name != IDENTITY and not t.applies(Ly):
+                    continue
+                parts.append(Job(region.name, k, r, G[train], Ly[train], scaled.names,
+                                 seed=_job_seed(seed, ri, k, r), transform=name,
+                                 sign=t.sign(Ly), prune=prune, holdout=(G[val], Ly[val]),
+                                 dimensionless=True))
+                r += 1
+        elif scaled is not None:
+            scaled.skipped = True
+        if plan is None or reached:
+            continue
         for li, (leaf, LX, Ly) in enumerate(plan[1]):
             # each part as it is, and through the output transforms that apply to it (a part
             # exp(-m g x/(k T)) is a monomial after a log)
@@ -574,11 +607,17 @@ def _results_of(regions, recorders, data, jobs, searched, engine, selection, noi
                                     [b for _, s in whole for b in s.bad_syntax])
             info = {"searches": search_records(runs, front)}
             if units_plan is not None:
-                groups, gnames = units_plan[0], units_plan[3]
-                info["units"] = {
+                groups = units_plan.groups
+                described = {
                     "prefactor": groups.prefactor_text(names),
-                    "groups": dict(zip(gnames, groups.group_texts(names))),
+                    "groups": dict(zip(units_plan.names, groups.group_texts(names))),
                     "composed": [c.text for c in dimensionless]}
+                if units_plan.scalings is None:
+                    info["units"] = described
+                else:  # found on the network
+                    info["scaling"] = {
+                        "scalings": units_plan.scalings.describe(list(names)), **described,
+                        "searched": not units_plan.skipped}
             if plan is not None:
                 info["decomposition"] = plan[0].describe(list(names)) + (
                     "" if searched_parts else " (parts not searched: the output's own "
@@ -587,9 +626,9 @@ def _results_of(regions, recorders, data, jobs, searched, engine, selection, noi
                 unused = decomposition.ignored(plan[0])
                 if unused:
                     info["ignored_inputs"] = [names[i] for i in unused]
-                est = _network_error_estimate(plan[0], Y[train, k])
-                if est is not None:
-                    info["network_error_estimate"] = est
+            est = _oracle_estimate(plan, units_plan, Y[train, k])
+            if est is not None:
+                info["network_error_estimate"] = est
             fronts.append(ParetoFront(region.name, out_name, front, info=info))
         floors = _noise_for(noise, region.name, len(fronts), index)
         for front, rule, floor in zip(fronts, rules.per_output(selection, len(fronts)), floors):
@@ -831,10 +870,26 @@ def _units_of(units, region: str):
     return units.get(region) if isinstance(units, dict) else units
 
 
+@dataclass
+class GroupedPlan:
+    """An output searched over fewer variables as ``P(x) g(pi)`` (``search.units``): the
+    prefactor and groups, the groups' values on the recorded rows (``rows``) and ``y / P``
+    there (``y``), the groups' names; ``scalings`` when the groups come from scalings found on
+    the network (``search.scaling``) rather than from ``units=``, and ``skipped`` when ``g``
+    was not searched (only fitted)."""
+
+    groups: dimensions.Groups
+    rows: np.ndarray
+    y: np.ndarray
+    names: list[str]
+    scalings: scaling.Scalings | None = None
+    skipped: bool = False
+
+
 def _dimensionless(input_units, output_unit, X, y, train, names, region: str, k: int):
-    """(groups, their values, y / prefactor, the groups' names) for a search of output ``k``
-    over its dimensionless groups, or None (with a warning saying why) when the units allow
-    none or the rows do not (an input raised to a negative power is 0 somewhere)."""
+    """The :class:`GroupedPlan` of output ``k`` over its dimensionless groups, or None (with a
+    warning saying why) when the units allow none or the rows do not (an input raised to a
+    negative power is 0 somewhere)."""
     groups = dimensions.groups(input_units, output_unit)
     if groups is None:
         warnings.warn(
@@ -842,21 +897,77 @@ def _dimensionless(input_units, output_unit, X, y, train, names, region: str, k:
             f"{output_unit!r} (a dimensional constant is missing from the inputs, or a unit is "
             "wrong); the output is searched without its units", stacklevel=4)
         return None
-    groups = groups.fitted(X[train], y[train])
-    G, P = groups.values(X)
-    if not (np.all(np.isfinite(G)) and np.all(np.isfinite(P)) and np.all(P != 0)):
+    plan = _grouped(groups, X, y, train, names)
+    if plan is None:
         warnings.warn(
             f"target {region!r}, output {k}: the dimensionless groups are not finite on every "
             "recorded row (an input raised to a negative or fractional power is 0 or negative "
             "there); the output is searched without its units", stacklevel=4)
+    return plan
+
+
+def _grouped(groups, X, y, train, names, scalings=None) -> GroupedPlan | None:
+    """``groups`` with the prefactor that carries most of ``y`` (``Groups.fitted``) and their
+    values, or None where they are not finite (or the prefactor is 0) on some recorded row."""
+    groups = groups.fitted(X[train], y[train])
+    G, P = groups.values(X)
+    if not (np.all(np.isfinite(G)) and np.all(np.isfinite(P)) and np.all(P != 0)):
         return None
-    return groups, G, y / P, fresh_names("pi", G.shape[1], names)
+    with np.errstate(all="ignore"):
+        Ly = y / P
+    if not np.all(np.isfinite(Ly)):
+        return None
+    return GroupedPlan(groups, G, Ly, fresh_names("pi", G.shape[1], names), scalings)
 
 
-def _dimensionless_composed(units_plan, runs, X, y, train, val, names, symbols) -> list:
-    """The searches over the dimensionless groups, composed into equations of the inputs
-    (``P(x) * g(pi(x))``, every equation of their front) and scored on the output's rows."""
-    groups, G, Ly, gnames = units_plan
+def _scaled(oracle, k: int, X, y, train, noise, seed, names) -> GroupedPlan | None:
+    """The :class:`GroupedPlan` of output ``k`` over the groups its scalings leave
+    (``search.scaling``), or None when it has none (or they leave no fewer variables)."""
+    spread = float(np.std(y[train])) or 1.0
+    tol = 0.02 if not noise else max(0.02, 3 * float(np.sqrt(noise)) / spread)
+    try:
+        found = scaling.find(lambda r: oracle(r)[:, k], X[train], tol, spread, seed)
+    except (FloatingPointError, ValueError, RuntimeError, ArithmeticError):
+        return None
+    if found is None:
+        return None
+    groups = found.groups()
+    if groups is None:
+        return None
+    return _grouped(groups, X, y, train, names, found)
+
+
+def _worth_searching(scaled: GroupedPlan, plan, n_inputs: int) -> bool:
+    """Whether ``g`` of the scalings has fewer variables than the decomposition's largest part
+    (than the output, without one): else its search repeats theirs."""
+    if not scaled.names:
+        return False  # no group: the output is the prefactor times a constant, fitted
+    most = (max((len(leaf.units) for leaf, _, _ in plan[1]), default=0) if plan is not None
+            else n_inputs)
+    return len(scaled.names) < most
+
+
+def _oracle_estimate(plan, scaled: GroupedPlan | None, y_train) -> float | None:
+    """The network's error (an MSE) as the oracle's tests estimate it: the smaller of the
+    decomposition's and the scalings' finite tests' (a difference of two evaluations: 1.4
+    times the error). Each test's residual is the network's error plus how far the law is from
+    the structure tested, so the smaller is the closer."""
+    ests = [] if plan is None else [_network_error_estimate(plan[0], y_train)]
+    if scaled is not None and scaled.scalings is not None:
+        ests.append(max(scaled.scalings.residual ** 2 / 2,
+                        DECOMPOSE_FLOOR * float(np.var(y_train))))
+    ests = [e for e in ests if e is not None]
+    return min(ests) if ests else None
+
+
+def _dimensionless_composed(units_plan: GroupedPlan, runs, X, y, train, val, names,
+                            symbols) -> list:
+    """The equations over the groups, composed into equations of the inputs (``P(x) *
+    g(pi(x))``, every equation of their front) and scored on the output's rows. The
+    equations of ``g`` are its searches' and, for one or two groups, the polynomials and
+    rationals fitted to it (``decompose.polynomial_candidates``), which cost a few
+    least-squares fits and are there even when ``g`` was not searched."""
+    groups, G, Ly, gnames = units_plan.groups, units_plan.rows, units_plan.y, units_plan.names
     prefactor = groups.prefactor_text(names)
     if not gnames:  # no group: the output is the prefactor times a constant
         P = y / Ly
@@ -865,15 +976,45 @@ def _dimensionless_composed(units_plan, runs, X, y, train, val, names, symbols) 
     else:
         gsyms = [variable(n) for n in gnames]
         scored = [c for j, s in runs if j.dimensionless for c in (s.scored or [])]
+        if len(gnames) <= decomposition.POLY_INPUTS:
+            fits = decomposition.polynomial_candidates(G[train], Ly[train], list(gnames))
+            poly, _ = score_texts(fits, gsyms, G[val], Ly[val], G[train], canonical=True,
+                                  scale=float(np.std(Ly[train])) or 1.0)
+            scored += [c for _, c in poly]
         if not scored:
             return []
         front = front_of_scored(scored, gsyms, Ly[train], Ly[val])
         definitions = dict(zip(gnames, groups.group_texts(names)))
         texts = [f"({prefactor})*({rewrite_variables(e.text(), definitions, names)})"
                  for e in front]
+        texts += _cancelled(texts, symbols, float(np.std(y[train])) or 1.0)
     found, _ = score_texts(texts, symbols, X[val], y[val], X[train],
                            scale=float(np.std(y[train])) or 1.0)
     return [s for _, s in found]
+
+
+#: composed equations of at most this complexity are also offered in cancelled form
+CANCEL_COMPLEXITY = 40
+
+
+def _cancelled(texts: list[str], symbols, scale: float) -> list[str]:
+    """The composed equations that are shorter once sympy factors or cancels them
+    (``c*(c/v + c/u)/(c^2/(u*v) + 1)`` is ``c^2*(u + v)/(c^2 + u*v)``): a group's powers and
+    the prefactor's often cancel, and the front should weigh the law at its own length."""
+    by_name = {s.name: s for s in symbols}
+    out = []
+    for text in texts:
+        try:
+            expr = tidy(parse(text, by_name), scale)
+            if complexity(expr) > CANCEL_COMPLEXITY:
+                continue
+            short = min((sympy.factor(expr), sympy.cancel(expr)), key=complexity)
+        except (EquationSyntaxError, sympy.SympifyError, sympy.PolynomialError, TypeError,
+                ValueError, RecursionError, ZeroDivisionError):
+            continue
+        if complexity(short) < complexity(expr):
+            out.append(to_text(short))
+    return out
 
 
 def _check_keys(per_target, what: str, regions: list[Region]) -> None:

@@ -137,9 +137,12 @@ class Wrapper(nn.Module):
 def test_convert_prunes_by_default_and_can_be_told_not_to():
     xs = torch.rand(600, 2) * 2 + 1
     engine = Candidates(["x0", "1.0003*x0*x1 + 0.0002"])
-    sym = sfx.compile(Wrapper(), ["net"], xs, engine=engine, progress=False)
+    # decompose=False: the oracle's candidates (a product's scalings give x0*x1 too) are not
+    # the engine's, and pruning is about the engine's
+    sym = sfx.compile(Wrapper(), ["net"], xs, engine=engine, decompose=False, progress=False)
     assert str(sym.equations["net"][0].equation) == "x0*x1"
-    raw = sfx.compile(Wrapper(), ["net"], xs, engine=engine, prune=False, progress=False)
+    raw = sfx.compile(Wrapper(), ["net"], xs, engine=engine, prune=False, decompose=False,
+                      progress=False)
     assert "x0*x1" not in [str(e) for e in raw.equations["net"][0]]
     with pytest.raises(sfx.SymTorchFXError, match="prune must be True or False"):
         sfx.compile(Wrapper(), ["net"], xs, engine=engine, prune="yes", progress=False)

@@ -223,10 +223,20 @@ def groups(input_units: Sequence[str], output_unit: str) -> Groups | None:
     """The prefactor and dimensionless groups of inputs with ``input_units`` for an output of
     ``output_unit``; None when no product of powers of the inputs has the output's dimension
     (a dimensional constant is missing from the inputs)."""
+    per_input = [parse_unit(u) for u in input_units]
+    return groups_of([[dims[b] for dims in per_input] for b in range(len(BASE))],
+                     parse_unit(output_unit))
+
+
+def groups_of(dimensions: Sequence[Sequence], output: Sequence) -> Groups | None:
+    """The prefactor and groups of a dimension matrix: ``dimensions`` has one row per base
+    dimension (each input's power of it), ``output`` the output's powers (integers or
+    rationals); None when no product of powers of the inputs has the output's dimension. The
+    units of :func:`groups`, or the scalings found on a network (``search.scaling``)."""
     import sympy
 
-    D = sympy.Matrix([list(parse_unit(u)) for u in input_units]).T  # base dims x inputs
-    d = sympy.Matrix(list(parse_unit(output_unit)))
+    D = sympy.Matrix([[sympy.Rational(c) for c in row] for row in dimensions])
+    d = sympy.Matrix([sympy.Rational(c) for c in output])
     try:
         sol, params = D.gauss_jordan_solve(d)
     except ValueError:
