@@ -922,19 +922,17 @@ def _grouped(groups, X, y, train, names, scalings=None) -> GroupedPlan | None:
 
 def _scaled(oracle, k: int, X, y, train, noise, seed, names) -> GroupedPlan | None:
     """The :class:`GroupedPlan` of output ``k`` over the groups its scalings leave
-    (``search.scaling``), or None when it has none (or they leave no fewer variables)."""
+    (``search.scaling``), or None when it has none."""
     spread = float(np.std(y[train])) or 1.0
     tol = 0.02 if not noise else max(0.02, 3 * float(np.sqrt(noise)) / spread)
+    # extra candidates after the output's searches: whatever goes wrong here (a module that
+    # raises off its recorded rows, sympy on odd exponents) leaves the output as it is
     try:
         found = scaling.find(lambda r: oracle(r)[:, k], X[train], tol, spread, seed)
-    except (FloatingPointError, ValueError, RuntimeError, ArithmeticError):
+        groups = None if found is None else found.groups()
+        return None if groups is None else _grouped(groups, X, y, train, names, found)
+    except Exception:  # noqa: BLE001
         return None
-    if found is None:
-        return None
-    groups = found.groups()
-    if groups is None:
-        return None
-    return _grouped(groups, X, y, train, names, found)
 
 
 def _worth_searching(scaled: GroupedPlan, plan, n_inputs: int) -> bool:
@@ -1004,16 +1002,15 @@ def _cancelled(texts: list[str], symbols, scale: float) -> list[str]:
     by_name = {s.name: s for s in symbols}
     out = []
     for text in texts:
-        try:
+        try:  # sympy's polynomial code raises many kinds of errors: a form not offered
             expr = tidy(parse(text, by_name), scale)
             if complexity(expr) > CANCEL_COMPLEXITY:
                 continue
             short = min((sympy.factor(expr), sympy.cancel(expr)), key=complexity)
-        except (EquationSyntaxError, sympy.SympifyError, sympy.PolynomialError, TypeError,
-                ValueError, RecursionError, ZeroDivisionError):
+            if complexity(short) < complexity(expr):
+                out.append(to_text(short))
+        except Exception:  # noqa: BLE001
             continue
-        if complexity(short) < complexity(expr):
-            out.append(to_text(short))
     return out
 
 

@@ -8,15 +8,16 @@ scaling says ``sum_i a_i x_i df/dx_i - k f = 0`` on every row, which is linear i
 The matrix of the network's log-derivatives ``x_i df/dx_i`` (central differences of the oracle)
 and ``-f`` on a few hundred rows has every scaling of the network in its (numerical) null
 space. :func:`find` takes the smallest singular directions, writes their span with small
-rational entries (identity on pivot inputs, like a reduced row echelon form), and checks each
-basis vector by a finite move: ``f(l^a x)`` against ``l^k f(x)`` on rows moved by up to a
-factor ``e`` inside the recorded ranges. Fewer directions are tried while some fail (a weak
-input looks like a symmetry in the derivatives, not in a finite move).
+rational entries (a reduced row echelon form, each row cleared of denominators), and checks
+each basis vector by a finite move: ``f(l^a x)`` against ``l^k f(x)`` on rows moved by up to a
+factor ``e`` inside the recorded ranges. A weak input looks like a symmetry in the derivatives,
+not in a finite move: the span of one direction fewer is tried while some basis vector fails,
+and the largest set of basis vectors that hold is kept.
 
 What holds is a dimension matrix, and the units machinery (:mod:`.units`) turns it into
 ``y = P(x) g(pi)`` with fewer variables, as if the user had given units:
 ``(u + v)/(1 + u v/c^2)`` (Feynman I.16.6) scales as ``l`` when ``u, v, c`` all do, and is
-``c g(u/c, v/c)`` with ``g`` a rational of two variables; ``exp(-(t/s)^2/2)/(sqrt(2 pi) s)``
+``c g(c/v, c/u)`` with ``g`` a rational of two variables; ``exp(-(t/s)^2/2)/(sqrt(2 pi) s)``
 (I.6.2) is ``g(t/s)/s``.
 """
 
@@ -41,8 +42,11 @@ LOOSE = 0.15
 #: the exponents are rationals of denominator at most this, found within ``ROUNDING``
 DENOMINATOR = 2
 ROUNDING = 0.1
-#: the largest power of an input or of the output in a scaling (a larger one is not a unit)
-MAX_POWER = 6
+#: the largest power of an input in a scaling (a larger one is not a unit: a direction that
+#: rounds only with larger powers is a mix of the true ones), and of the output (a sum of the
+#: inputs' powers in the law's prefactor)
+MAX_POWER = 3
+MAX_OUTPUT_POWER = 12
 #: a finite test moves each row by ``l = e^s``, ``|s|`` at most this (and at least
 #: ``MIN_STEP``), inside the recorded ranges; it needs ``MIN_ROWS`` such rows
 MAX_STEP = 1.0
@@ -66,7 +70,8 @@ class Scalings:
         return dimensions.groups_of(self.powers, self.output)
 
     def describe(self, names: list[str]) -> list[str]:
-        """Each scaling as text: ``"(c, v, u) -> y"`` style, e.g. ``"l c, l v, l u -> l y"``."""
+        """Each scaling as text: ``"l c, l v, l u -> l y"`` (``c``, ``v`` and ``u`` scaled by
+        ``l`` scale the output by ``l``), ``"l^2 x0, l^(-1/2) x1 -> y"``."""
         out = []
         for a, k in zip(self.powers, self.output):
             moved = [f"{_power(e)}{n}" for n, e in zip(names, a) if e]
@@ -85,15 +90,21 @@ def _power(e: Fraction) -> str:
 def find(oracle: Callable[[np.ndarray], np.ndarray], X: np.ndarray, tol: float,
          spread: float, seed: int = 0) -> Scalings | None:
     """The scalings ``oracle`` (rows of every input -> one output) has on the recorded rows
-    ``X``, each checked by a finite move to within ``tol`` of ``spread``; None when it has
-    none (or the oracle gives non-finite values)."""
+    ``X``, each checked by a finite move: the RMS of ``f(l^a x) - l^k f(x)`` under ``tol *
+    spread`` (an asymptote can pass: ``1/(e^u - 1)`` is ``1/u`` to within 2% of its spread for
+    small ``u``; the candidates it leads to are scored like any other). Inputs that cannot be moved inside their recorded range (constant, all 0, or
+    spread over less than a factor ``e^(2 MIN_STEP)``) are in no scaling. None when no scaling
+    holds, or the oracle gives non-finite values."""
     rng = np.random.default_rng(seed)
     X = np.asarray(X, np.float64)
     n = X.shape[1]
     rows = X[rng.permutation(len(X))[: min(len(X), ROWS)]]
     lo, hi = X.min(axis=0), X.max(axis=0)
+    free = [i for i in range(n) if _movable(lo[i], hi[i])]
+    if not free or len(rows) < MIN_ROWS:
+        return None
     moved = []
-    for i in range(n):
+    for i in free:
         for sign in (1.0, -1.0):
             Z = rows.copy()
             Z[:, i] *= np.exp(sign * STEP)
@@ -103,28 +114,49 @@ def find(oracle: Callable[[np.ndarray], np.ndarray], X: np.ndarray, tol: float,
         return None
     m = len(rows)
     f0 = values[:m]
-    steps = values[m:].reshape(n, 2, m)
-    columns = [(steps[i, 0] - steps[i, 1]) / (2 * STEP) for i in range(n)]
+    steps = values[m:].reshape(len(free), 2, m)
+    columns = [(steps[j, 0] - steps[j, 1]) / (2 * STEP) for j in range(len(free))]
     M = np.column_stack([*columns, -f0]) / (spread * np.sqrt(m))
     try:
         _, s, Vt = np.linalg.svd(M, full_matrices=False)
     except np.linalg.LinAlgError:
         return None
+    kept: list = []
     for count in range(int(np.sum(s < LOOSE)), 0, -1):
-        basis = _rational_basis(Vt[-count:], n)
+        basis = _rational_basis(Vt[-count:], len(free))
         if basis is None:
             continue
-        tests = [_finite_test(oracle, rows, f0, a, k, lo, hi, rng) for a, k in basis]
-        if all(r is not None and r < tol * spread for r in tests):
-            residual = float(np.sqrt(np.mean(np.square(tests))))
-            return Scalings(tuple(a for a, _ in basis), tuple(k for _, k in basis), residual)
-    return None
+        full = [(tuple(a[free.index(i)] if i in free else Fraction(0) for i in range(n)), k)
+                for a, k in basis]
+        tests = [_finite_test(oracle, rows, f0, a, k, lo, hi, rng) for a, k in full]
+        held = [(a, k, r) for (a, k), r in zip(full, tests)
+                if r is not None and r < tol * spread]
+        if len(held) > len(kept):
+            kept = held  # each of them holds, whatever the others of its basis do
+        if len(held) == count:
+            break  # the whole span holds: no smaller one holds more
+    if not kept:
+        return None
+    residual = float(np.sqrt(np.mean([r**2 for _, _, r in kept])))
+    return Scalings(tuple(a for a, _, _ in kept), tuple(k for _, k, _ in kept), residual)
+
+
+def _movable(lo: float, hi: float) -> bool:
+    """Whether an input recorded in ``[lo, hi]`` can be scaled by at least ``e^MIN_STEP``
+    both ways on some rows without leaving that range."""
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+        return False
+    if lo <= 0 <= hi:
+        return True  # towards 0 from either side
+    return bool(np.log(max(abs(lo), abs(hi)) / min(abs(lo), abs(hi))) > 2 * MIN_STEP)
 
 
 def _rational_basis(N: np.ndarray, n: int) -> list | None:
-    """The span of the rows of ``N`` (directions ``(a, k)``) as rows with the identity on
-    ``len(N)`` pivot inputs and rational entries of denominator at most ``DENOMINATOR``; None
-    when the span has no such basis within ``ROUNDING``."""
+    """The span of the rows of ``N`` (directions ``(a, k)``) as ``len(N)`` rows of small
+    rationals: a reduced row echelon form (the identity on pivot inputs chosen by a pivoted
+    QR), each row then multiplied by the smallest integer up to ``MAX_POWER`` that makes all
+    its entries multiples of ``1/DENOMINATOR`` within ``ROUNDING`` (``(1/3, 1)`` is ``(1,
+    3)``); None when some row has no such form."""
     import scipy.linalg
 
     count = len(N)
@@ -138,11 +170,16 @@ def _rational_basis(N: np.ndarray, n: int) -> list | None:
         return None
     out = []
     for row in B:
-        fr = [Fraction(float(v)).limit_denominator(DENOMINATOR) for v in row]
-        if (max(abs(float(f) - v) for f, v in zip(fr, row)) > ROUNDING
-                or max(abs(f) for f in fr) > MAX_POWER):
+        for d in range(1, MAX_POWER + 1):
+            scaled = d * row
+            fr = [Fraction(float(v)).limit_denominator(DENOMINATOR) for v in scaled]
+            if (max(abs(float(f) - v) for f, v in zip(fr, scaled)) <= ROUNDING
+                    and max(abs(f) for f in fr[:n]) <= MAX_POWER
+                    and abs(fr[n]) <= MAX_OUTPUT_POWER):
+                out.append((tuple(fr[:n]), fr[n]))
+                break
+        else:
             return None
-        out.append((tuple(fr[:n]), fr[n]))
     return out
 
 

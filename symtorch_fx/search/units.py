@@ -235,8 +235,14 @@ def groups_of(dimensions: Sequence[Sequence], output: Sequence) -> Groups | None
     units of :func:`groups`, or the scalings found on a network (``search.scaling``)."""
     import sympy
 
-    D = sympy.Matrix([[sympy.Rational(c) for c in row] for row in dimensions])
-    d = sympy.Matrix([sympy.Rational(c) for c in output])
+    rows = [list(row) for row in dimensions]
+    if len(set(map(len, rows))) > 1 or len(list(output)) != len(rows):
+        raise SymTorchFXError(
+            f"a dimension matrix has one row per base dimension, each as long as the others, "
+            f"and the output one power per row; got rows of {[len(r) for r in rows]} entries "
+            f"and {len(list(output))} output powers")
+    D = sympy.Matrix([[_exact(c) for c in row] for row in rows])
+    d = sympy.Matrix([_exact(c) for c in output])
     try:
         sol, params = D.gauss_jordan_solve(d)
     except ValueError:
@@ -251,6 +257,27 @@ def groups_of(dimensions: Sequence[Sequence], output: Sequence) -> Groups | None
         lead = next(c for c in w if c)
         basis.append(tuple(_fraction(c if lead > 0 else -c) for c in w))
     return Groups(tuple(_fraction(c) for c in p), tuple(basis))
+
+
+def _exact(c):
+    """A power as an exact sympy rational: an int, a Fraction, or a float that is a ratio of
+    small integers; anything else (NaN, 0.1, a string) is refused."""
+    from fractions import Fraction
+
+    import sympy
+
+    if isinstance(c, bool) or not isinstance(c, (int, float, Fraction, np.integer,
+                                                  np.floating, sympy.Rational)):
+        raise SymTorchFXError(f"a power in a dimension matrix is a number, got {c!r}")
+    if isinstance(c, (float, np.floating)):
+        if not math.isfinite(c) or Fraction(float(c)).limit_denominator(MAX_POWER) != c:
+            raise SymTorchFXError(
+                f"a power in a dimension matrix is an integer or a simple fraction; {c!r} is "
+                "not (give fractions.Fraction for a fractional power)")
+        c = Fraction(float(c)).limit_denominator(MAX_POWER)
+    if isinstance(c, Fraction):
+        return sympy.Rational(c.numerator, c.denominator)
+    return sympy.Rational(int(c)) if not isinstance(c, sympy.Rational) else c
 
 
 def _fraction(c):
