@@ -496,16 +496,10 @@ def distill_recordings(
                 if plan is not None:
                     grouped[(region.name, k)] = plan
                     G, Ly, gnames = plan.rows, plan.y, plan.names
-                    r = restarts + len(transforms)
-                    for name in (IDENTITY, *transforms) if G.shape[1] else ():
-                        t = TRANSFORMS[name]
-                        if name != IDENTITY and not t.applies(Ly):
-                            continue
-                        jobs.append(Job(region.name, k, r, G[train], Ly[train], gnames,
-                                        seed=_job_seed(seed, ri, k, r), transform=name,
-                                        sign=t.sign(Ly), prune=prune,
-                                        holdout=(G[val], Ly[val]), dimensionless=True))
-                        r += 1
+                    if G.shape[1]:
+                        jobs += _reduced_jobs(region.name, k, restarts + len(transforms), G,
+                                              Ly, gnames, train, val, transforms, seed, ri,
+                                              prune, dimensionless=True)
 
     _check_width(jobs, allow_wide)
     searched = run_jobs(engine, jobs, executor=executor, progress=progress)
@@ -538,16 +532,11 @@ def distill_recordings(
             plan[0].skipped = reached
         r = restarts + len(transforms)
         if scaled is not None and not reached and _worth_searching(scaled, plan, X.shape[1]):
-            G, Ly = scaled.rows, scaled.y
-            for name in (IDENTITY, *transforms):
-                t = TRANSFORMS[name]
-                if name != IDENTITY and not t.applies(Ly):
-                    continue
-                parts.append(Job(region.name, k, r, G[train], Ly[train], scaled.names,
-                                 seed=_job_seed(seed, ri, k, r), transform=name,
-                                 sign=t.sign(Ly), prune=prune, holdout=(G[val], Ly[val]),
-                                 dimensionless=True))
-                r += 1
+            grouped_jobs = _reduced_jobs(region.name, k, r, scaled.rows, scaled.y,
+                                         scaled.names, train, val, transforms, seed, ri, prune,
+                                         dimensionless=True)
+            parts += grouped_jobs
+            r += len(grouped_jobs)
         elif scaled is not None:
             scaled.skipped = True
         if plan is None or reached:
@@ -555,16 +544,11 @@ def distill_recordings(
         for li, (leaf, LX, Ly) in enumerate(plan[1]):
             # each part as it is, and through the output transforms that apply to it (a part
             # exp(-m g x/(k T)) is a monomial after a log)
-            for name in (IDENTITY, *transforms):
-                t = TRANSFORMS[name]
-                if name != IDENTITY and not t.applies(Ly):
-                    continue
-                parts.append(Job(region.name, k, r, LX[train], Ly[train],
-                                 decomposition.leaf_names(leaf, list(names)),
-                                 seed=_job_seed(seed, ri, k, r),
-                                 transform=name, sign=t.sign(Ly), prune=prune,
-                                 holdout=(LX[val], Ly[val]), part=li))
-                r += 1
+            leaf_jobs = _reduced_jobs(region.name, k, r, LX, Ly,
+                                      decomposition.leaf_names(leaf, list(names)), train, val,
+                                      transforms, seed, ri, prune, part=li)
+            parts += leaf_jobs
+            r += len(leaf_jobs)
     if parts:
         searched = searched + run_jobs(engine, parts, executor=executor, progress=progress,
                                        extra=True)
@@ -577,6 +561,24 @@ def distill_recordings(
         e.add_note("symtorch_fx: the search finished; every search's candidates are in this "
                    "exception's .sfx_searched (job, result) pairs")
         raise
+
+
+def _reduced_jobs(region: str, k: int, r: int, X, y, names, train, val, transforms, seed,
+                  ri: int, prune: bool, **kind) -> list[Job]:
+    """The searches of output ``k`` reduced to fewer variables (a decomposition's part,
+    ``part=``, or the output over its groups, ``dimensionless=True``): ``y`` over ``X`` as it
+    is and through each output transform that applies to it (a part ``exp(-m g x/(k T))`` is
+    a monomial after a log), numbered from ``r``."""
+    out = []
+    for name in (IDENTITY, *transforms):
+        t = TRANSFORMS[name]
+        if name != IDENTITY and not t.applies(y):
+            continue
+        n = r + len(out)
+        out.append(Job(region, k, n, X[train], y[train], names, seed=_job_seed(seed, ri, k, n),
+                       transform=name, sign=t.sign(y), prune=prune, holdout=(X[val], y[val]),
+                       **kind))
+    return out
 
 
 def _results_of(regions, recorders, data, jobs, searched, engine, selection, noise,
@@ -773,12 +775,28 @@ def _checked_oracle(oracle, X: np.ndarray, Y: np.ndarray, index):
     return oracle
 
 
+def _fits_scored(X, y, names, symbols, train, val, noise: float | None = None) -> list:
+    """The sparse polynomials and rationals fitted to ``y`` over ``X`` on the training rows
+    (``decompose.polynomial_candidates``: none beyond ``POLY_INPUTS`` variables), scored on
+    the held-out ones. ``noise``: the network's error (RMS) in ``y``'s units, when known."""
+    fits = decomposition.polynomial_candidates(X[train], y[train], names, noise=noise)
+    poly, _ = score_texts(fits, symbols, X[val], y[val], X[train], canonical=True,
+                          scale=float(np.std(y[train])) or 1.0)
+    return [s for _, s in poly]
+
+
+def _oracle_tolerance(y_train, noise) -> tuple[float, float]:
+    """(the output's spread, the tolerance of the oracle's tests relative to it): 2%, or three
+    times the network's error (``noise``, an MSE) when that is larger."""
+    spread = float(np.std(y_train)) or 1.0
+    return spread, 0.02 if not noise else max(0.02, 3 * float(np.sqrt(noise)) / spread)
+
+
 def _decompose(oracle, k: int, X, y, train, noise, seed):
     """The decomposition of output ``k`` (``search.decompose.plan``) and its leaves' rows, or
     None when the output neither splits nor has a symmetry. The tolerance is the larger of 2% of the output's
     spread and three times the network's error, when known."""
-    spread = float(np.std(y[train])) or 1.0
-    tol = 0.02 if not noise else max(0.02, 3 * float(np.sqrt(noise)) / spread)
+    spread, tol = _oracle_tolerance(y[train], noise)
     fk = (lambda r: oracle(r)[:, k])
     try:
         tree = decomposition.plan(fk, X[train], tol=tol, seed=seed)
@@ -814,11 +832,8 @@ def _composed(plan, runs, X, y, train, val, names, symbols, prune: bool = True) 
         lsyms = [variable(n) for n in lnames]
         # the network's error in the leaf's units (an MSE), when the decomposition has one
         own = noise / leaf.scale ** 2 if noise is not None and leaf.scale > 0 else None
-        fits = decomposition.polynomial_candidates(
-            LX[train], Ly[train], lnames, noise=None if own is None else float(np.sqrt(own)))
-        poly, _ = score_texts(fits, lsyms, LX[val], Ly[val], LX[train], canonical=True,
-                              scale=float(np.std(Ly[train])) or 1.0)
-        fitted = [s for _, s in poly]
+        fitted = _fits_scored(LX, Ly, lnames, lsyms, train, val,
+                              None if own is None else float(np.sqrt(own)))
         choices = []
         for scored, rules_, adequate in ((searched + fitted, ("auto", "accuracy"), True),
                                          (fitted, ("auto",), False)):
@@ -923,8 +938,7 @@ def _grouped(groups, X, y, train, names, scalings=None) -> GroupedPlan | None:
 def _scaled(oracle, k: int, X, y, train, noise, seed, names) -> GroupedPlan | None:
     """The :class:`GroupedPlan` of output ``k`` over the groups its scalings leave
     (``search.scaling``), or None when it has none."""
-    spread = float(np.std(y[train])) or 1.0
-    tol = 0.02 if not noise else max(0.02, 3 * float(np.sqrt(noise)) / spread)
+    spread, tol = _oracle_tolerance(y[train], noise)
     # extra candidates after the output's searches: whatever goes wrong here (a module that
     # raises off its recorded rows, sympy on odd exponents) leaves the output as it is
     try:
@@ -974,11 +988,7 @@ def _dimensionless_composed(units_plan: GroupedPlan, runs, X, y, train, val, nam
     else:
         gsyms = [variable(n) for n in gnames]
         scored = [c for j, s in runs if j.dimensionless for c in (s.scored or [])]
-        if len(gnames) <= decomposition.POLY_INPUTS:
-            fits = decomposition.polynomial_candidates(G[train], Ly[train], list(gnames))
-            poly, _ = score_texts(fits, gsyms, G[val], Ly[val], G[train], canonical=True,
-                                  scale=float(np.std(Ly[train])) or 1.0)
-            scored += [c for _, c in poly]
+        scored += _fits_scored(G, Ly, list(gnames), gsyms, train, val)
         if not scored:
             return []
         front = front_of_scored(scored, gsyms, Ly[train], Ly[val])

@@ -92,8 +92,9 @@ def find(oracle: Callable[[np.ndarray], np.ndarray], X: np.ndarray, tol: float,
     """The scalings ``oracle`` (rows of every input -> one output) has on the recorded rows
     ``X``, each checked by a finite move: the RMS of ``f(l^a x) - l^k f(x)`` under ``tol *
     spread`` (an asymptote can pass: ``1/(e^u - 1)`` is ``1/u`` to within 2% of its spread for
-    small ``u``; the candidates it leads to are scored like any other). Inputs that cannot be moved inside their recorded range (constant, all 0, or
-    spread over less than a factor ``e^(2 MIN_STEP)``) are in no scaling. None when no scaling
+    small ``u``; the candidates it leads to are scored like any other). Inputs that cannot be
+    moved inside their recorded range (constant, all 0, or spread over less than a factor
+    ``e^(2 MIN_STEP)``) are in no scaling. None when no scaling
     holds, or the oracle gives non-finite values."""
     rng = np.random.default_rng(seed)
     X = np.asarray(X, np.float64)
@@ -126,7 +127,8 @@ def find(oracle: Callable[[np.ndarray], np.ndarray], X: np.ndarray, tol: float,
         basis = _rational_basis(Vt[-count:], len(free))
         if basis is None:
             continue
-        full = [(tuple(a[free.index(i)] if i in free else Fraction(0) for i in range(n)), k)
+        at = {i: j for j, i in enumerate(free)}
+        full = [(tuple(a[at[i]] if i in at else Fraction(0) for i in range(n)), k)
                 for a, k in basis]
         tests = [_finite_test(oracle, rows, f0, a, k, lo, hi, rng) for a, k in full]
         held = [(a, k, r) for (a, k), r in zip(full, tests)
