@@ -9,7 +9,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import sympy
@@ -899,6 +899,13 @@ class GroupedPlan:
     names: list[str]
     scalings: scaling.Scalings | None = None
     skipped: bool = False
+    #: the next best prefactors (``Groups.ranked``) and ``y / P`` for each: ``g`` is fitted
+    #: (not searched) for them too
+    others: list = field(default_factory=list)
+
+
+#: how many prefactors of the groups ``g`` is fitted for (the best is also searched)
+PREFACTORS = 3
 
 
 def _dimensionless(input_units, output_unit, X, y, train, names, region: str, k: int):
@@ -923,16 +930,22 @@ def _dimensionless(input_units, output_unit, X, y, train, names, region: str, k:
 
 def _grouped(groups, X, y, train, names, scalings=None) -> GroupedPlan | None:
     """``groups`` with the prefactor that carries most of ``y`` (``Groups.fitted``) and their
-    values, or None where they are not finite (or the prefactor is 0) on some recorded row."""
-    groups = groups.fitted(X[train], y[train])
-    G, P = groups.values(X)
-    if not (np.all(np.isfinite(G)) and np.all(np.isfinite(P)) and np.all(P != 0)):
+    values, or None where they are not finite (or the prefactor is 0) on some recorded row;
+    the next best prefactors (``Groups.ranked``) that are finite as ``others``."""
+    ranked = []
+    for option in groups.ranked(X[train], y[train], count=PREFACTORS):
+        G, P = option.values(X)
+        if not (np.all(np.isfinite(G)) and np.all(np.isfinite(P)) and np.all(P != 0)):
+            continue
+        with np.errstate(all="ignore"):
+            Ly = y / P
+        if np.all(np.isfinite(Ly)):
+            ranked.append((option, G, Ly))
+    if not ranked:
         return None
-    with np.errstate(all="ignore"):
-        Ly = y / P
-    if not np.all(np.isfinite(Ly)):
-        return None
-    return GroupedPlan(groups, G, Ly, fresh_names("pi", G.shape[1], names), scalings)
+    best, G, Ly = ranked[0]
+    return GroupedPlan(best, G, Ly, fresh_names("pi", G.shape[1], names), scalings,
+                       others=[(o, oy) for o, _, oy in ranked[1:]])
 
 
 def _scaled(oracle, k: int, X, y, train, noise, seed, names) -> GroupedPlan | None:
@@ -978,7 +991,8 @@ def _dimensionless_composed(units_plan: GroupedPlan, runs, X, y, train, val, nam
     g(pi(x))``, every equation of their front) and scored on the output's rows. The
     equations of ``g`` are its searches' and, for one or two groups, the polynomials and
     rationals fitted to it (``decompose.polynomial_candidates``), which cost a few
-    least-squares fits and are there even when ``g`` was not searched."""
+    least-squares fits and are there even when ``g`` was not searched; the same fits of ``g``
+    for the next best prefactors (``GroupedPlan.others``) too."""
     groups, G, Ly, gnames = units_plan.groups, units_plan.rows, units_plan.y, units_plan.names
     prefactor = groups.prefactor_text(names)
     if not gnames:  # no group: the output is the prefactor times a constant
@@ -987,14 +1001,21 @@ def _dimensionless_composed(units_plan: GroupedPlan, runs, X, y, train, val, nam
         texts = [f"({c!r})*({prefactor})"]
     else:
         gsyms = [variable(n) for n in gnames]
-        scored = [c for j, s in runs if j.dimensionless for c in (s.scored or [])]
-        scored += _fits_scored(G, Ly, list(gnames), gsyms, train, val)
-        if not scored:
-            return []
-        front = front_of_scored(scored, gsyms, Ly[train], Ly[val])
         definitions = dict(zip(gnames, groups.group_texts(names)))
-        texts = [f"({prefactor})*({rewrite_variables(e.text(), definitions, names)})"
-                 for e in front]
+        searched = [c for j, s in runs if j.dimensionless for c in (s.scored or [])]
+        texts = []
+        # g of the best prefactor (searched, when it was, and fitted), then g of the next
+        # best ones (fitted): g of another prefactor can be of the fits' forms where this is not
+        for options, gy, scored in ((groups, Ly, searched),
+                                    *((o, oy, []) for o, oy in units_plan.others)):
+            scored = scored + _fits_scored(G, gy, list(gnames), gsyms, train, val)
+            if not scored:
+                continue
+            front = front_of_scored(scored, gsyms, gy[train], gy[val])
+            texts += [f"({options.prefactor_text(names)})*"
+                      f"({rewrite_variables(e.text(), definitions, names)})" for e in front]
+        if not texts:
+            return []
         texts += _cancelled(texts, symbols, float(np.std(y[train])) or 1.0)
     found, _ = score_texts(texts, symbols, X[val], y[val], X[train],
                            scale=float(np.std(y[train])) or 1.0)

@@ -120,6 +120,49 @@ def test_the_prefactor_that_carries_the_scale_is_chosen():
     assert g.group_texts(["m", "v", "c"]) == ["v/c"]
 
 
+def test_ranked_prefactors_start_with_the_fitted_one_and_keep_the_groups():
+    X = np.random.default_rng(1).uniform([1, 1, 3], [5, 2, 10], (500, 3))
+    y = X[:, 0] * X[:, 2] ** 2 / np.sqrt(1 - X[:, 1] ** 2 / X[:, 2] ** 2)
+    groups = U.groups(["kg", "m/s", "m/s"], "J")
+    ranked = groups.ranked(X, y, count=3)
+    assert len(ranked) == 3 and ranked[0] == groups.fitted(X, y)
+    assert len({r.prefactor for r in ranked}) == 3
+    names = ["m", "v", "c"]
+    assert all(r.groups == ranked[0].groups for r in ranked)
+    # every prefactor is the best one times a power of the group v/c: the output's unit
+    assert {r.prefactor_text(names) for r in ranked[1:]} <= {
+        "m*v*c", "m*v^2", "m*c^3/v", "m*c^4/v^2"}
+    # an output that changes sign keeps its prefactor, alone
+    assert groups.ranked(X, y - y.mean(), count=3) == [groups]
+
+
+def test_g_is_fitted_for_the_next_prefactors_too():
+    """Feynman I.6.2, a Gaussian of width s in t: over t/s in [1/3, 3] the prefactor 1/t
+    varies least in log, and g = u exp(-u^2/2) of it is no fit's form; g of 1/s, the second
+    best, is exp(a + b u^2), a fit of log g."""
+    from symtorch_fx import api
+    from symtorch_fx.expr.grammar import parse, variable
+    from symtorch_fx.search.distill import split_rows
+
+    X = np.random.default_rng(2).uniform(1, 3, (1200, 2))
+    y = np.exp(-(X[:, 1] / X[:, 0]) ** 2 / 2) / (np.sqrt(2 * np.pi) * X[:, 0])
+    names = ["s", "t"]
+    train, val = split_rows(len(X), 0.25, 0)
+    plan = api._grouped(U.groups(["m", "m"], "m^-1"), X, y, train, names)
+    assert plan.groups.prefactor_text(names) == "1/t"
+    assert "1/s" in [o.prefactor_text(names) for o, _ in plan.others]
+    symbols = [variable(n) for n in names]
+    found = api._dimensionless_composed(plan, [], X, y, train, val, names, symbols)
+    law = parse("exp(-t^2/(2*s^2))/(sqrt(2*pi)*s)", {n: v for n, v in zip(names, symbols)})
+    by_name = {n: v for n, v in zip(names, symbols)}
+    grid = {symbols[0]: 1.7, symbols[1]: 2.2}
+    assert any(c.loss < 1e-20 and abs(float(parse(c.text, by_name).subs(grid))
+                                      - float(law.subs(grid))) < 1e-9 for c in found)
+    plan.others = []
+    best_only = api._dimensionless_composed(plan, [], X, y, train, val, names, symbols)
+    assert min(c.loss for c in best_only) > 1e-12
+
+
 # ---------------------------------------------------------------------------------------------
 # end to end, the real engine
 

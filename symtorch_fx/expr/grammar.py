@@ -17,6 +17,7 @@ the same parser.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Mapping
@@ -516,7 +517,8 @@ def _cx(e) -> int:
             n = 1  # the 1 in 1/x
         if den:
             n += 1 + sum(_cx(f) for f in den) + len(den) - 1
-        return n
+        gathered = _gathered_power(e)
+        return n if gathered is None else min(n, gathered)
     if e.is_Pow:
         if e.exp == sympy.Rational(1, 2):
             return 1 + _cx(e.base)
@@ -526,6 +528,31 @@ def _cx(e) -> int:
     if e.func in (sympy.Min, sympy.Max) and len(e.args) > 2:
         return len(e.args) - 1 + sum(_cx(a) for a in e.args)
     return 1 + sum(_cx(a) for a in e.args)
+
+
+def _gathered_power(e) -> int | None:
+    """The count of a product with two or more factors whose integer powers share a factor
+    ``g >= 2``, those factors written as one power: ``x1^2/x2^2`` as ``(x1/x2)^2`` (5 nodes,
+    not 7), ``m*v^2/c^2`` as ``m*(v/c)^2``. sympy distributes an integer power over a product,
+    so ``(x1/x2)^2`` from a search, or from a group of the units, reaches this count as
+    ``x1^2*x2^-2``: the law ``m/sqrt(1 - (v/c)^2)`` should weigh on a front as it is written.
+    The smallest such count, or None when no two factors share a power."""
+    factors = [f.as_base_exp() for f in e.args]
+    exps = [abs(int(x)) for b, x in factors if x.is_Integer and not b.is_Number]
+    best = None
+    # the shared factors worth trying: those of two powers (not every g up to x^1000000's)
+    for g in sorted({math.gcd(a, b) for a, b in itertools.combinations(exps, 2)} - {0, 1}):
+        shared = [(b, x) for b, x in factors if x.is_Integer and not b.is_Number and x % g == 0]
+        if len(shared) < 2:
+            continue
+        rest = [b ** x for b, x in factors if (b, x) not in shared]
+        # shared powers all negative: in the denominator, rest / (...)^g
+        s = -1 if all(x < 0 for _, x in shared) else 1
+        inner = sympy.Mul(*[b ** (s * x // g) for b, x in shared])
+        mark = sympy.Dummy()  # the power, placed as any factor: rest * (...)^g
+        n = (_cx(sympy.Mul(*rest, mark ** s)) - 1) + 1 + _cx(inner) + _cx(sympy.Integer(g))
+        best = n if best is None else min(best, n)
+    return best
 
 
 # ----------------------------------------------------------------------------------------------

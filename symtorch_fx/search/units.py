@@ -174,26 +174,35 @@ class Groups:
         the output's dimension, and the one that carries most of ``y``'s scale leaves ``g``
         simplest (``m c^2`` rather than ``m v^2`` for ``m c^2 / sqrt(1 - v^2/c^2)``). Outputs
         that change sign or touch 0 keep the prefactor as it is."""
+        return self.ranked(X, y, reach, 1)[0]
+
+    def ranked(self, X: np.ndarray, y: np.ndarray, reach: int = 2,
+               count: int = 3) -> list[Groups]:
+        """The ``count`` best prefactors of :meth:`fitted`, best first (fewer when the
+        output changes sign or touches 0: then only the prefactor as it is). The best by this
+        measure is not always the one that leaves ``g`` simplest: a Gaussian of width ``s``
+        in ``t`` is ``(1/s) exp(-u^2/2)`` and ``(1/t) u exp(-u^2/2)`` (``u = t/s``), and over
+        ``u`` in [1/3, 3] the second varies less in log."""
         y = np.asarray(y, np.float64)
         if not self.groups or not (np.all(y > 0) or np.all(y < 0)):
-            return self
+            return [self]
         G, P = self.values(X)
         with np.errstate(all="ignore"):
             logs = np.log(np.abs(y)) - np.log(np.abs(P))
             logG = np.log(np.abs(G))
         if not (np.all(np.isfinite(logs)) and np.all(np.isfinite(logG))):
-            return self
+            return [self]
         steps = range(-reach, reach + 1)
         if len(self.groups) <= 3:
             tries = itertools.product(steps, repeat=len(self.groups))
         else:  # one group at a time
             tries = [tuple(t if i == j else 0 for i in range(len(self.groups)))
                      for j in range(len(self.groups)) for t in steps]
-        best = min(tries, key=lambda t: (round(float(np.var(logs - logG @ np.array(t))), 12),
-                                         sum(map(abs, t))))
-        shifted = tuple(p + sum(t * q[i] for t, q in zip(best, self.groups))
-                        for i, p in enumerate(self.prefactor))
-        return Groups(shifted, self.groups)
+        order = sorted(set(tries), key=lambda t: (
+            round(float(np.var(logs - logG @ np.array(t))), 12), sum(map(abs, t)), t))
+        return [Groups(tuple(p + sum(t * q[i] for t, q in zip(best, self.groups))
+                             for i, p in enumerate(self.prefactor)), self.groups)
+                for best in order[:count]]
 
 
 def _power_product(X, exps) -> np.ndarray:
