@@ -484,7 +484,8 @@ def _wrap(e, min_prec: int, d: int | None = None) -> str:
 # ----------------------------------------------------------------------------------------------
 # complexity: node count of the expression tree as PySR counts it (every operator, variable and
 # constant is one node), taken on the sympy-folded expression so linear-scaling terms that cancel
-# do not count and fronts from different engines compare.
+# do not count and fronts from different engines compare. A product whose factors share an
+# integer power counts as that power, as it was written before sympy distributed it.
 
 
 def complexity(expr: sympy.Expr) -> int:
