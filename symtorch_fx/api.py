@@ -524,21 +524,24 @@ def distill_recordings(
         if scaled is not None:
             grouped[key] = scaled
         estimate = _oracle_estimate(plan, scaled, Y[train, k])
-        # the output's own searches reached the network: neither the parts nor the output over
-        # its scalings' groups are searched (searching the groups always gained no law on the
-        # 1-3 variable laws it was tried on, and cost up to 70% more time on one)
+        # the output's own searches reached the network: the parts are not searched, and the
+        # output over its scalings' groups only as it is, not through the transforms (one
+        # search of fewer variables: a law the searches reached only in a bloated form, as
+        # Feynman I.16.6 and I.37.4 at some seeds, is short over the groups; searching the
+        # groups' transforms as well gained no law on the 1-3 variable laws it was tried on,
+        # and cost up to 70% more time on one)
         reached = _reached_network(best.get(key, np.inf), estimate, Y[train, k])
         if plan is not None:
             plan[0].skipped = reached
         r = restarts + len(transforms)
-        if scaled is not None and not reached and _worth_searching(scaled, plan, X.shape[1]):
+        if scaled is not None and _worth_searching(scaled, plan, X.shape[1]):
             grouped_jobs = _reduced_jobs(region.name, k, r, scaled.rows, scaled.y,
-                                         scaled.names, train, val, transforms, seed, ri, prune,
+                                         scaled.names, train, val,
+                                         () if reached else transforms, seed, ri, prune,
                                          dimensionless=True)
             parts += grouped_jobs
             r += len(grouped_jobs)
-        elif scaled is not None:
-            scaled.skipped = True
+            scaled.searched = tuple(j.transform for j in grouped_jobs)
         if plan is None or reached:
             continue
         for li, (leaf, LX, Ly) in enumerate(plan[1]):
@@ -619,7 +622,7 @@ def _results_of(regions, recorders, data, jobs, searched, engine, selection, noi
                 else:  # found on the network
                     info["scaling"] = {
                         "scalings": units_plan.scalings.describe(list(names)), **described,
-                        "searched": not units_plan.skipped}
+                        "searched": list(units_plan.searched)}
             if plan is not None:
                 info["decomposition"] = plan[0].describe(list(names)) + (
                     "" if searched_parts else " (parts not searched: the output's own "
@@ -890,15 +893,16 @@ class GroupedPlan:
     """An output searched over fewer variables as ``P(x) g(pi)`` (``search.units``): the
     prefactor and groups, the groups' values on the recorded rows (``rows``) and ``y / P``
     there (``y``), the groups' names; ``scalings`` when the groups come from scalings found on
-    the network (``search.scaling``) rather than from ``units=``, and ``skipped`` when ``g``
-    was not searched (only fitted)."""
+    the network (``search.scaling``) rather than from ``units=``, and ``searched``: how ``g``
+    was searched (``IDENTITY`` for ``g`` as it is, the transforms' names; empty when ``g``
+    was only fitted)."""
 
     groups: dimensions.Groups
     rows: np.ndarray
     y: np.ndarray
     names: list[str]
     scalings: scaling.Scalings | None = None
-    skipped: bool = False
+    searched: tuple[str, ...] = ()
     #: the next best prefactors (``Groups.ranked``) and ``y / P`` for each: ``g`` is fitted
     #: (not searched) for them too
     others: list = field(default_factory=list)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from fractions import Fraction
 
@@ -147,6 +148,29 @@ def test_compile_finds_a_law_through_its_scaling():
     info = got[True].info["scaling"]
     assert info["scalings"] == ["l c, l v, l u -> l y"]
     assert len(info["groups"]) == 2
+    assert info["searched"] == ["identity"]  # this engine searches no transforms
+
+
+def test_g_is_searched_as_it_is_when_the_output_reached_the_network(monkeypatch):
+    """Searches that reached the network (here: always, by the rule's factor) may hold the
+    law only in a bloated form; g over the groups is still searched, as it is, once."""
+    from symtorch_fx import api
+
+    monkeypatch.setattr(api, "DECOMPOSE_NEAR", math.inf)
+    rng = np.random.default_rng(9)
+    X = rng.uniform(1, 5, (1500, 3))
+    c, v, u = sympy.symbols("c v u")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sym = sfx.compile(velocity_addition, sample_inputs=X,
+                          engine=fast_engine(generations=30, transforms=("inverse",)),
+                          variable_names=["c", "v", "u"], executor="inline", progress=False)
+    front = sym.equations["function"][0]
+    assert front.info["scaling"]["searched"] == ["identity"]  # not "inverse"
+    assert "parts not searched" in front.info.get("decomposition", "parts not searched")
+    searches = front.info["searches"]
+    assert sum(1 for s in searches if s.get("dimensionless")) == 1
+    assert equivalent(front.equation.expr, (u + v) / (1 + u * v / c**2), X, names="cvu")
 
 
 def test_inputs_that_cannot_be_moved_are_in_no_scaling_and_hide_none():
