@@ -521,6 +521,38 @@ def test_a_sparse_rational_part_is_fitted_exactly(two, data, a, b, c, low):
     assert errors and min(errors)[0] < 1e-6, (m1, m2, sorted(errors)[:3])
 
 
+def test_a_rational_is_fitted_through_the_networks_error():
+    """(p0 + p1)/(1 + p0 p1), Feynman I.16.6 over its groups, with 1% of noise (a network's
+    error): the backward elimination selects on y (1 + Q) - P, which multiplies each row's
+    error by |1 + Q| (up to 26 here), and loses it; the small rationals tried one by one and
+    ranked by the residual of y itself find it."""
+    rng = np.random.default_rng(3)
+    X = rng.uniform(0.2, 5, (1000, 2))
+    law = (X[:, 0] + X[:, 1]) / (1 + X[:, 0] * X[:, 1])
+    y = law + 0.01 * np.std(law) * rng.standard_normal(len(law))
+    errors = _fit_errors(d.polynomial_candidates(X, y, ["s", "t"]), X, law, ["s", "t"])
+    assert min(errors)[0] < 2e-3, sorted(errors)[:3]
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), b=st.floats(0.3, 2), c=st.floats(0.3, 2), a=st.sampled_from([0.0, 0.7]),
+       noise=st.sampled_from([0.0, 0.003, 0.01]))
+def test_a_rational_of_two_terms_over_one_is_found_in_noise(data, b, c, a, noise):
+    """y = (a + m1 + b m2)/(1 + c m3), monomials of powers >= 0 (degree <= 2) of two
+    variables in [0.2, 5] (no pole: c > 0), with up to 1% of noise: a fit is within 0.25% of
+    the law's spread of the law itself."""
+    m1, m2 = data.draw(st.lists(st.sampled_from(_MONOMIALS_2), min_size=2, max_size=2,
+                                unique=True))
+    m3 = data.draw(st.sampled_from(_MONOMIALS_2))
+    rng = np.random.default_rng(4)
+    X = rng.uniform(0.2, 5, (800, 2))
+    mono = lambda p: np.prod([X[:, i] ** k for i, k in enumerate(p)], axis=0)  # noqa: E731
+    law = (a + mono(m1) + b * mono(m2)) / (1 + c * mono(m3))
+    y = law + noise * np.std(law) * rng.standard_normal(len(law))
+    errors = _fit_errors(d.polynomial_candidates(X, y, ["s", "t"]), X, law, ["s", "t"])
+    assert errors and min(errors)[0] < 2.5e-3, (m1, m2, m3, sorted(errors)[:3])
+
+
 def test_rational_fits_leave_out_a_pole_among_the_rows():
     """1 / (s - 1) on s in [0.5, 1.5] fits y (1 + Q) = P exactly on the rows, and its
     denominator crosses 0 there: no fit offered to the front may divide by 0 on the part's

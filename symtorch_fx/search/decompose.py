@@ -723,7 +723,7 @@ def _rationals(X, y, powers, cols, names) -> list[str]:
             sets.append((keep, [j], np.concatenate([coef[:1], coef[2:], coef[1:2]])))
     for keep, coef in _eliminate(cols + ycols, y, ones, POLY_TERMS):
         sets.append(([k for k in keep if k < n], [k - n for k in keep if k >= n], coef))
-    texts, seen = [], set()
+    texts, seen = _small_rationals(y, den, dcols, ycols, names), set()
     for num, dk, coef in sets:
         if not dk or (tuple(num), tuple(dk)) in seen:
             continue
@@ -739,6 +739,57 @@ def _rationals(X, y, powers, cols, names) -> list[str]:
         else:
             texts.append(_rational_text(coef, [powers[k] for k in num], [den[k] for k in dk],
                                         names))
+    return texts
+
+
+#: the small rational fits tried exhaustively: numerators of up to this many terms (the
+#: constant and the denominator's monomials), over one monomial; the best
+#: ``SMALL_RATIONALS_KEPT`` of each size by their own residual are kept
+SMALL_RATIONAL_TERMS = 3
+SMALL_RATIONALS_KEPT = 2
+
+
+def _small_rationals(y, den, dcols, ycols, names) -> list[str]:
+    """Every rational ``P/(1 + d m)`` whose numerator has at most ``SMALL_RATIONAL_TERMS``
+    terms among the constant and the monomials ``den`` (powers >= 0, degree 1 to
+    ``RATIONAL_DEGREE``), over one of those monomials ``m``: each fitted as
+    :func:`_rationals` fits (linearised, then refitted with rows weighted by ``1/|1 + Q|``),
+    and ranked by the residual of ``y`` itself. The backward elimination of :func:`_rationals`
+    selects on the linearised residual ``y (1 + Q) - P``, which multiplies each row's error
+    by ``|1 + Q|``: within 0.3% of noise it loses ``(p0 + p1)/(1 + p0 p1)`` (Feynman I.16.6
+    over its groups) among 40 monomials, which this finds at 1%."""
+    ones = np.ones_like(y)
+    terms = [ones] + dcols  # the numerator's candidates: the constant, then den's monomials
+    best: dict[int, list] = {}
+    for size in range(1, SMALL_RATIONAL_TERMS + 1):
+        for num in itertools.combinations(range(len(terms)), size):
+            for j, yc in enumerate(ycols):
+                A = np.column_stack([terms[i] for i in num] + [yc])
+                try:
+                    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+                    for _ in range(RATIONAL_REFITS):
+                        q = 1.0 + coef[-1] * dcols[j]
+                        if not (np.all(np.isfinite(coef)) and _one_sign_away(q)):
+                            break
+                        coef, *_ = np.linalg.lstsq(A / np.abs(q)[:, None], y / np.abs(q),
+                                                   rcond=None)
+                except np.linalg.LinAlgError:
+                    continue
+                q = 1.0 + coef[-1] * dcols[j]
+                if not (np.all(np.isfinite(coef)) and _one_sign_away(q)):
+                    continue
+                with np.errstate(all="ignore"):
+                    mse = float(np.mean((y - A[:, :-1] @ coef[:-1] / q) ** 2))
+                if np.isfinite(mse):
+                    best.setdefault(size, []).append((mse, num, j, coef))
+    texts = []
+    for fits in best.values():
+        for _, num, j, coef in sorted(fits, key=lambda f: f[0])[:SMALL_RATIONALS_KEPT]:
+            const = coef[0] if 0 in num else 0.0
+            mons = [den[i - 1] for i in num if i]
+            terms_coef = [c for i, c in zip(num, coef) if i]
+            texts.append(_rational_text(np.array([const, *terms_coef, coef[-1]]), mons,
+                                        [den[j]], names))
     return texts
 
 
