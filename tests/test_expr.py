@@ -35,6 +35,21 @@ def test_complexity_counts_nodes_like_pysr(text, cx):
     assert complexity(parse(text, S)) == cx
 
 
+def test_complexity_of_nested_shared_powers_is_quick():
+    """A product's shared-power count counts its factors again: uncached, that is exponential
+    in the depth of nested products (20 levels took 97 s). An equation read from a file may
+    nest that deep."""
+    import time
+
+    text = "x0"
+    for _ in range(30):
+        text = f"x1^2*(x2 + x0^2*({text}))^2"
+    e = parse(text, S)
+    t0 = time.perf_counter()
+    assert complexity(e) == 241
+    assert time.perf_counter() - t0 < 5.0
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(-3, 3), min_size=3, max_size=3), st.integers(2, 4),
        st.sampled_from(["", "2.5*", "-", "x0 + "]))

@@ -17,6 +17,7 @@ the same parser.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -492,6 +493,9 @@ def complexity(expr: sympy.Expr) -> int:
     return _cx(sympy.sympify(expr))
 
 
+#: each subexpression is counted once: a product's shared-power count (``_gathered_power``)
+#: counts its factors again, which, uncached, is exponential in the depth of nested products
+@functools.lru_cache(maxsize=65536)
 def _cx(e) -> int:
     if e.is_Atom:
         return 1
