@@ -535,6 +535,10 @@ def _cx(e) -> int:
     return 1 + sum(_cx(a) for a in e.args)
 
 
+#: the stand-in for a gathered power in :func:`_gathered_power`'s count (one node)
+_POWER = sympy.Dummy("power")
+
+
 def _gathered_power(e) -> int | None:
     """The count of a product with two or more factors whose integer powers share a factor
     ``g >= 2``, those factors written as one power: ``x1^2/x2^2`` as ``(x1/x2)^2`` (5 nodes,
@@ -554,8 +558,8 @@ def _gathered_power(e) -> int | None:
         # shared powers all negative: in the denominator, rest / (...)^g
         s = -1 if all(x < 0 for _, x in shared) else 1
         inner = sympy.Mul(*[b ** (s * x // g) for b, x in shared])
-        mark = sympy.Dummy()  # the power, placed as any factor: rest * (...)^g
-        n = (_cx(sympy.Mul(*rest, mark ** s)) - 1) + 1 + _cx(inner) + _cx(sympy.Integer(g))
+        # the power, placed as any factor: rest * (...)^g (one symbol, so _cx's cache serves)
+        n = (_cx(sympy.Mul(*rest, _POWER ** s)) - 1) + 1 + _cx(inner) + _cx(sympy.Integer(g))
         best = n if best is None else min(best, n)
     return best
 

@@ -729,17 +729,25 @@ def _rationals(X, y, powers, cols, names) -> list[str]:
             continue
         seen.add((tuple(num), tuple(dk)))
         A = np.column_stack([ones] + [cols[k] for k in num] + [ycols[k] for k in dk])
-        for refit in range(RATIONAL_REFITS + 1):
-            q = 1.0 + sum(c * dcols[k] for c, k in zip(coef[1 + len(num):], dk))
-            if not (np.all(np.isfinite(coef)) and _one_sign_away(q)):
-                break
-            q = np.abs(q)
-            if refit < RATIONAL_REFITS:
-                coef, *_ = np.linalg.lstsq(A / q[:, None], y / q, rcond=None)
-        else:
-            texts.append(_rational_text(coef, [powers[k] for k in num], [den[k] for k in dk],
-                                        names))
+        fit = _reweighted(A, y, coef, [dcols[k] for k in dk])
+        if fit is not None:
+            texts.append(_rational_text(fit[0], [powers[k] for k in num],
+                                        [den[k] for k in dk], names))
     return texts
+
+
+def _reweighted(A, y, coef, qcols) -> tuple[np.ndarray, np.ndarray] | None:
+    """The linearised rational fit ``coef`` of ``y ~ A coef`` (its last ``len(qcols)``
+    coefficients are ``Q``'s, over the columns ``qcols``) refitted ``RATIONAL_REFITS`` times
+    with rows weighted by ``1 / |1 + Q|`` (Sanathanan-Koerner): (the coefficients, ``1 + Q``),
+    or None when ``1 + Q`` has a pole or comes near 0 on the rows at some step."""
+    for refit in range(RATIONAL_REFITS + 1):
+        q = 1.0 + sum(c * col for c, col in zip(coef[len(coef) - len(qcols):], qcols))
+        if not (np.all(np.isfinite(coef)) and _one_sign_away(q)):
+            return None
+        if refit < RATIONAL_REFITS:
+            coef, *_ = np.linalg.lstsq(A / np.abs(q)[:, None], y / np.abs(q), rcond=None)
+    return coef, q
 
 
 #: the small rational fits tried exhaustively: numerators of up to this many terms (the
@@ -767,17 +775,12 @@ def _small_rationals(y, den, dcols, ycols, names) -> list[str]:
                 A = np.column_stack([terms[i] for i in num] + [yc])
                 try:
                     coef, *_ = np.linalg.lstsq(A, y, rcond=None)
-                    for _ in range(RATIONAL_REFITS):
-                        q = 1.0 + coef[-1] * dcols[j]
-                        if not (np.all(np.isfinite(coef)) and _one_sign_away(q)):
-                            break
-                        coef, *_ = np.linalg.lstsq(A / np.abs(q)[:, None], y / np.abs(q),
-                                                   rcond=None)
+                    fit = _reweighted(A, y, coef, [dcols[j]])
                 except np.linalg.LinAlgError:
                     continue
-                q = 1.0 + coef[-1] * dcols[j]
-                if not (np.all(np.isfinite(coef)) and _one_sign_away(q)):
+                if fit is None:
                     continue
+                coef, q = fit
                 with np.errstate(all="ignore"):
                     mse = float(np.mean((y - A[:, :-1] @ coef[:-1] / q) ** 2))
                 if np.isfinite(mse):
