@@ -1028,12 +1028,30 @@ def _dimensionless_composed(units_plan: GroupedPlan, runs, X, y, train, val, nam
 
 #: composed equations of at most this complexity are also offered in cancelled form
 CANCEL_COMPLEXITY = 40
+#: before cancelling, a composed equation's constants within this fraction of a nonzero
+#: integer are also tried as that integer (a search's ``1.00003*x`` blocks the cancellation
+#: that ``x`` allows)
+SNAP_TOLERANCE = 0.01
+
+
+def _snapped(expr: sympy.Expr) -> sympy.Expr | None:
+    """``expr`` with each constant within ``SNAP_TOLERANCE`` of a nonzero integer replaced
+    by it; None when no constant is."""
+    rep = {}
+    for f in expr.atoms(sympy.Float):
+        n = round(float(f))
+        if n and abs(float(f) - n) <= SNAP_TOLERANCE * abs(n):
+            rep[f] = sympy.Integer(n)
+    return expr.xreplace(rep) if rep else None
 
 
 def _cancelled(texts: list[str], symbols, scale: float) -> list[str]:
     """The composed equations that are shorter once sympy factors or cancels them
     (``c*(c/v + c/u)/(c^2/(u*v) + 1)`` is ``c^2*(u + v)/(c^2 + u*v)``): a group's powers and
-    the prefactor's often cancel, and the front should weigh the law at its own length."""
+    the prefactor's often cancel, and the front should weigh the law at its own length. Each
+    is tried as found and with its near-integer constants snapped (``_snapped``); the snapped
+    form is offered only when it cancels to a shorter one, and its loss is measured like any
+    candidate's, so a constant that mattered costs it its place."""
     by_name = {s.name: s for s in symbols}
     out = []
     for text in texts:
@@ -1041,12 +1059,14 @@ def _cancelled(texts: list[str], symbols, scale: float) -> list[str]:
             expr = tidy(parse(text, by_name), scale)
             if complexity(expr) > CANCEL_COMPLEXITY:
                 continue
-            short = min((sympy.factor(expr), sympy.cancel(expr)), key=complexity)
-            if complexity(short) < complexity(expr):
-                out.append(to_text(short))
+            snapped = _snapped(expr)
+            for form in (expr,) if snapped is None else (expr, snapped):
+                short = min((sympy.factor(form), sympy.cancel(form)), key=complexity)
+                if complexity(short) < complexity(expr):
+                    out.append(to_text(short))
         except Exception:  # noqa: BLE001
             continue
-    return out
+    return list(dict.fromkeys(out))
 
 
 def _check_keys(per_target, what: str, regions: list[Region]) -> None:

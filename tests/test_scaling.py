@@ -228,6 +228,29 @@ def test_composed_equations_are_offered_shorter_when_sympy_cancels_them():
                       X, names="cvu")
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(-0.009, 0.009), min_size=3, max_size=3),
+       st.sampled_from([0.02, 0.05, -0.03]))
+def test_near_integer_constants_are_snapped_before_cancelling(shifts, far):
+    """A search's constants a hair off 1 (``1.00003*c/v``) block sympy's cancellation; within
+    1% of an integer they are tried as it, and the cancelled law is offered. A constant
+    further off is kept as found: nothing shorter comes of it."""
+    from symtorch_fx import api
+    from symtorch_fx.expr.grammar import complexity, parse, variable
+
+    syms = [variable(n) for n in ("c", "v", "u")]
+    by = {s.name: s for s in syms}
+    a, b, d = (1 + s for s in shifts)
+    near = f"(c)*(({a!r}*c/v + {b!r}*c/u)/({d!r}*c^2/(u*v) + 1))"
+    got = api._cancelled([near], syms, 1.0)
+    law = sympy.sympify("c**2*(u + v)/(c**2 + u*v)", locals=by)
+    assert any(sympy.simplify(parse(t, by) - law) == 0 for t in got), got
+    assert all(complexity(parse(t, by)) < complexity(parse(near, by)) for t in got)
+    off = f"(c)*(({1 + far!r}*c/v + c/u)/(c^2/(u*v) + 1))"
+    assert not any(sympy.simplify(parse(t, by) - law) == 0
+                   for t in api._cancelled([off], syms, 1.0))
+
+
 def test_a_trained_network_shows_the_scalings_of_its_law():
     """The network's error (here about 1e-4 of the output's variance) is within what the
     derivatives and the finite tests allow: a network trained on a law with one scaling and on
