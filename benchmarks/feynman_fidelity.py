@@ -531,6 +531,9 @@ class Variant:
     composed: bool | str = True  # "gated": only where convert's rule would search the parts
     guards: bool = True
     scaled: bool = True  # the candidates over the groups of the scalings found (search.scaling)
+    # the recorded composed candidates also offered cancelled as today's code cancels them
+    # (api._cancelled): a change to the cancelling, checked without running the searches
+    recancelled: bool = False
 
 
 ABLATIONS = {
@@ -548,6 +551,7 @@ ABLATIONS = {
     "no logit or 1/y": Variant(keep=lambda job: job["transform"] not in NEW_TRANSFORMS),
     "auto without its poor-front guards": Variant(guards=False),
     "no scalings": Variant(scaled=False),
+    "composed cancelled today": Variant(recancelled=True),
     "none of issue 19": Variant(keep=lambda job: job["transform"] not in NEW_TRANSFORMS,
                                 composed=False, guards=False, scaled=False),
 }
@@ -584,6 +588,11 @@ def ablate(rec: dict, law, variants) -> dict[str, dict]:
         composed = list(rec.get("composed") or []) if variant.composed else []
         if variant.scaled:
             composed += list((rec.get("scaling") or {}).get("composed") or [])
+        if variant.recancelled and composed:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                composed += api._cancelled(composed, list(law.symbols),
+                                           float(np.std(Y[train])) or 1.0)
         if composed and variant.composed == "gated":
             whole = fronts.get(tuple(texts))
             if whole is None:
