@@ -30,6 +30,7 @@ from .expr.grammar import (
     parse,
     reserved,
     rewrite_variables,
+    snap_integers,
     tidy,
     to_text,
     variable,
@@ -1034,35 +1035,25 @@ CANCEL_COMPLEXITY = 40
 SNAP_TOLERANCE = 0.01
 
 
-def _snapped(expr: sympy.Expr) -> sympy.Expr | None:
-    """``expr`` with each constant within ``SNAP_TOLERANCE`` of a nonzero integer replaced
-    by it; None when no constant is."""
-    rep = {}
-    for f in expr.atoms(sympy.Float):
-        n = round(float(f))
-        if n and abs(float(f) - n) <= SNAP_TOLERANCE * abs(n):
-            rep[f] = sympy.Integer(n)
-    return expr.xreplace(rep) if rep else None
-
-
 def _cancelled(texts: list[str], symbols, scale: float) -> list[str]:
     """The composed equations that are shorter once sympy factors or cancels them
     (``c*(c/v + c/u)/(c^2/(u*v) + 1)`` is ``c^2*(u + v)/(c^2 + u*v)``): a group's powers and
     the prefactor's often cancel, and the front should weigh the law at its own length. Each
-    is tried as found and with its near-integer constants snapped (``_snapped``); the snapped
-    form is offered only when it cancels to a shorter one, and its loss is measured like any
-    candidate's, so a constant that mattered costs it its place."""
+    is tried as found and with its constants within ``SNAP_TOLERANCE`` of a nonzero integer
+    snapped to it; the snapped form is offered only when it cancels to a shorter one, and its
+    loss is measured like any candidate's, so a constant that mattered costs it its place."""
     by_name = {s.name: s for s in symbols}
     out = []
     for text in texts:
         try:  # sympy's polynomial code raises many kinds of errors: a form not offered
             expr = tidy(parse(text, by_name), scale)
-            if complexity(expr) > CANCEL_COMPLEXITY:
+            length = complexity(expr)
+            if length > CANCEL_COMPLEXITY:
                 continue
-            snapped = _snapped(expr)
-            for form in (expr,) if snapped is None else (expr, snapped):
+            snapped = snap_integers(expr, SNAP_TOLERANCE, zero=False)
+            for form in dict.fromkeys((expr, snapped)):
                 short = min((sympy.factor(form), sympy.cancel(form)), key=complexity)
-                if complexity(short) < complexity(expr):
+                if complexity(short) < length:
                     out.append(to_text(short))
         except Exception:  # noqa: BLE001
             continue

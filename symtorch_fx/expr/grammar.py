@@ -621,19 +621,23 @@ def tidy(expr: sympy.Expr, scale: float = 1.0) -> sympy.Expr:
     return expr
 
 
-def _tidy_once(expr: sympy.Expr, scale: float) -> sympy.Expr:
-    floats = [f for f in expr.atoms(sympy.Float)]
-    if not floats:
-        return expr
+def snap_integers(expr: sympy.Expr, tolerance: float, zero: bool = True) -> sympy.Expr:
+    """``expr`` with each constant within ``tolerance * max(1, |n|)`` of an integer ``n``
+    replaced by ``n`` (never by 0 when ``zero`` is False). Constants beyond float range are
+    left for the caller's finiteness check."""
     repl = {}
-    for f in floats:
+    for f in expr.atoms(sympy.Float):
         v = float(f)
-        if not math.isfinite(v):  # beyond float range (sympy Floats are not): left for the
-            continue              # caller's finiteness check to reject
+        if not math.isfinite(v):  # beyond float range (sympy Floats are not)
+            continue
         r = round(v)
-        if abs(v - r) <= 1e-6 * max(1.0, abs(v)):
+        if (r or zero) and abs(v - r) <= tolerance * max(1.0, abs(r)):
             repl[f] = sympy.Integer(r)
-    e = expr.xreplace(repl) if repl else expr
+    return expr.xreplace(repl) if repl else expr
+
+
+def _tidy_once(expr: sympy.Expr, scale: float) -> sympy.Expr:
+    e = snap_integers(expr, 1e-6)
     if e.is_Add:
         tiny = [t for t in e.args if t.is_Float and abs(float(t)) < 1e-6 * max(scale, 1e-30)]
         if tiny:
